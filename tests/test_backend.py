@@ -1,0 +1,104 @@
+"""onnxruntime backend: provider choice, session options, I/O contract checks, what really runs."""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from vdt_runtime.backends import BACKENDS, open_backend
+from vdt_runtime.backends import ort as ort_backend
+from vdt_runtime.bundle import Bundle
+from vdt_runtime.errors import BackendError, BundleError, InputError
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    return Bundle.load(tiny_bundle)
+
+
+def test_cpu_backend_runs_and_reports_providers(bundle):
+    b = open_backend(bundle, "denoiser", "cpu", threads=1)
+    assert b.providers == (CPU,) and b.name == "onnxruntime" and b.precision == "fp32"
+    assert [s.name for s in b.inputs] == ["latents", "timestep"]
+    x = np.random.default_rng(0).standard_normal((1, 3, 4, 8, 8)).astype(np.float32)
+    out = b.run({"latents": x, "timestep": np.array([500.0], np.float32)})
+    assert out["model_out"].shape == (1, 3, 8, 8, 8) and out["model_out"].dtype == np.float32
+    assert np.isfinite(out["model_out"]).all()
+
+
+def test_provider_lists():
+    assert ort_backend.provider_list("cpu") == [CPU]
+    auto = ort_backend.provider_list("auto")
+    assert auto[-1] == CPU and set(auto) <= set(ort_backend.available_providers())
+    order = ["TensorrtExecutionProvider", CUDA, CPU]
+    assert auto == sorted(auto, key=order.index)
+
+
+def test_unknown_backend_lists_choices(bundle):
+    with pytest.raises(InputError, match="'metal'.*auto, cpu, cuda, tensorrt"):
+        open_backend(bundle, "denoiser", "metal")
+    assert set(BACKENDS) == {"auto", "cpu", "cuda", "tensorrt"}
+
+
+def test_cuda_request_falls_back_loudly(bundle):
+    if CUDA not in ort_backend.available_providers():
+        with pytest.raises(BackendError, match="CUDAExecutionProvider"):
+            open_backend(bundle, "vae_decoder", "cuda")
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        b = open_backend(bundle, "vae_decoder", "cuda")
+    if b.providers[0] == CUDA:  # a real GPU: nothing to warn about
+        assert not [w for w in caught if "asked for" in str(w.message)]
+    else:
+        assert b.providers == (CPU,)
+        assert any(issubclass(w.category, RuntimeWarning) and "runs on CPUExecutionProvider" in str(w.message)
+                   for w in caught)
+
+
+def test_cuda_missing_from_onnxruntime_is_an_error(bundle, monkeypatch):
+    monkeypatch.setattr(ort_backend.ort, "get_available_providers", lambda: [CPU])
+    with pytest.raises(BackendError, match="backend 'cuda' needs CUDAExecutionProvider"):
+        open_backend(bundle, "denoiser", "cuda")
+    assert ort_backend.provider_list("auto") == [CPU]
+
+
+@pytest.mark.parametrize("level", ["disable", "basic", "extended", "all"])
+def test_graph_optimization_levels(bundle, level):
+    b = open_backend(bundle, "vae_decoder", "cpu", graph_optimization=level)
+    out = b.run({"latents": np.zeros((2, 4, 8, 8), np.float32)})["images"]
+    assert out.shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("opts,match", [({"graph_optimization": "max"}, "'max'.*disable, basic, extended, all"),
+                                        ({"threads": 0}, "threads"), ({"threads": 1.5}, "threads")])
+def test_bad_session_options(bundle, opts, match):
+    with pytest.raises(InputError, match=match):
+        open_backend(bundle, "vae_decoder", "cpu", **opts)
+
+
+def test_unknown_precision(bundle):
+    with pytest.raises(InputError, match="'int8'.*fp32"):
+        open_backend(bundle, "denoiser", "cpu", "int8")
+
+
+def test_io_names_checked_against_manifest(tiny_bundle, tmp_path):
+    path = shutil.copytree(tiny_bundle, tmp_path / "b")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["stages"]["vae_encoder"]["inputs"][0]["name"] = "pixels"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"'images'.*'pixels'"):
+        open_backend(Bundle.load(path), "vae_encoder", "cpu")
+
+
+def test_run_checks_input_names_and_wraps_failures(bundle):
+    b = open_backend(bundle, "vae_decoder", "cpu")
+    with pytest.raises(InputError, match="latents"):
+        b.run({"x": np.zeros((1, 4, 8, 8), np.float32)})
+    with pytest.raises(BackendError, match="vae_decoder"):
+        b.run({"latents": np.zeros((1, 5, 8, 8), np.float32)})

@@ -1,0 +1,98 @@
+"""`vdt` CLI: every task through main(), info, bench, and one-line typed errors with exit code 2."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vdt_runtime.cli import main
+from vdt_runtime.video import read_video, write_video
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory):
+    frames = np.random.default_rng(5).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    return write_video(tmp_path_factory.mktemp("cli") / "in", frames)  # PNG folder: lossless
+
+
+@pytest.mark.parametrize("task,flags,frames", [
+    ("predict", ["--cond", "3", "--total", "5"], 5),
+    ("backward", ["--cond", "2", "--total", "4"], 4),
+    ("interpolate", ["--stride", "2", "--total", "7"], 7),
+    ("image_to_video", ["--total", "3"], 3),
+    ("unconditional", ["--total", "3"], 3),
+    ("complete", ["--given", "0,2", "--total", "4"], 4),
+    ("inpaint", ["--box", "0,0,8,8", "--box-frames", "1,2"], 6),
+    ("rollout", ["--cond", "2", "--total", "11", "--window", "5"], 11),
+])
+def test_run_every_task(tiny_bundle, clip_path, tmp_path, capsys, task, flags, frames):
+    out = tmp_path / "out.gif"
+    args = ["run", "--task", task, "--bundle", str(tiny_bundle), "--out", str(out), "--steps", "2",
+            "--no-progress", "--backend", "cpu", *flags]
+    if task != "unconditional":
+        args += ["--input", str(clip_path)]
+    assert main(args) == 0, capsys.readouterr().err
+    assert read_video(out).shape == (frames, 16, 16, 3)
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_given_frames_exact_through_cli(tiny_bundle, clip_path, tmp_path):
+    out = tmp_path / "png"
+    assert main(["run", "--task", "predict", "--bundle", str(tiny_bundle), "--input", str(clip_path),
+                 "--out", str(out), "--cond", "2", "--total", "4", "--steps", "2", "--no-progress",
+                 "--timings", "--seed", "7"]) == 0
+    np.testing.assert_array_equal(read_video(out)[:2], read_video(clip_path)[:2])
+
+
+def test_info_and_verify(tiny_bundle, capsys):
+    assert main(["info", str(tiny_bundle), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "sha256     all 3 files match" in out and "providers available" in out
+    for stage in ("denoiser", "vae_encoder", "vae_decoder"):
+        assert f"{stage}" in out and "runs on CPUExecutionProvider" in out
+
+
+def test_bench_prints_a_table(tiny_bundle, capsys):
+    assert main(["bench", str(tiny_bundle), "--steps", "2", "--repeat", "1", "--backend", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["stage", "providers", "precision", "batch"]
+    stages = [line.split()[0] for line in lines[2:]]
+    assert stages == ["vae_encoder", "denoiser", "sampler", "vae_decoder", "total"]
+    assert all(float(line.split()[-1]) >= 0 for line in lines[2:])
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--task", "predict", "--out", "OUT/x.avi"], "'.avi'"),
+    (["--task", "predict", "--out", "OUT/missing/x.gif"], "does not exist"),
+    (["--task", "predict", "--out", "OUT/x.gif", "--stride", "2"], "does not take --stride"),
+    (["--task", "unconditional", "--out", "OUT/x.gif", "--steps", "0"], "steps"),
+    (["--task", "predict", "--out", "OUT/x.gif", "--cond", "2", "--total", "20"], "max_frames"),
+    (["--task", "rollout", "--out", "OUT/x.gif", "--cond", "2"], "--cond and --total"),
+])
+def test_typed_errors_exit_2_with_one_line(tiny_bundle, clip_path, tmp_path, capsys, args, match):
+    args = [a.replace("OUT", str(tmp_path)) for a in args]
+    if "unconditional" not in args:
+        args += ["--input", str(clip_path)]
+    assert main(["run", "--bundle", str(tiny_bundle), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and match in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_module_entry_point_and_missing_bundle(tiny_bundle, clip_path, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = [sys.executable, "-m", "vdt_runtime.cli"]
+    ok = subprocess.run([*run, "run", "--task", "predict", "--bundle", str(tiny_bundle), "--input", str(clip_path),
+                         "--out", str(tmp_path / "o.mp4"), "--cond", "2", "--total", "4", "--steps", "2"],
+                        capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert read_video(tmp_path / "o.mp4").shape == (4, 16, 16, 3)
+    bad = subprocess.run([*run, "info", str(tmp_path / "nope")], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: bundle folder") and "Traceback" not in bad.stderr

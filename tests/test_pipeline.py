@@ -1,0 +1,143 @@
+"""Pipeline end to end on the tiny bundle: every task, determinism, exact given frames, rollout, input errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vdt_runtime import Pipeline
+from vdt_runtime.errors import InputError
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_bundle):
+    return Pipeline.load(tiny_bundle, backend="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+
+
+def generated_frames(result):
+    return [i for i in range(len(result.mask)) if result.mask[i].any()]
+
+
+@pytest.mark.parametrize("task,call,shape,given", [
+    ("predict", lambda p, c, **kw: p.predict(c[:5], cond=3, total=6, **kw), 6, {0: 0, 1: 1, 2: 2}),
+    ("backward", lambda p, c, **kw: p.backward(c, cond=2, total=5, **kw), 5, {3: 0, 4: 1}),
+    ("interpolate", lambda p, c, **kw: p.interpolate(c[:3], stride=3, **kw), 7, {0: 0, 3: 1, 6: 2}),
+    ("image_to_video", lambda p, c, **kw: p.image_to_video(c[4], total=4, **kw), 4, {0: 4}),
+    ("unconditional", lambda p, c, **kw: p.unconditional(total=3, **kw), 3, {}),
+    ("complete", lambda p, c, **kw: p.complete(c[:2], given=[5, 1], total=6, **kw), 6, {5: 0, 1: 1}),
+    ("run-mask", lambda p, c, **kw: p.run(c[:4], mask=np.array([0, 1, 1, 0])[:, None, None] * np.ones((4, 8, 8)), **kw),
+     4,
+     {0: 0, 3: 3}),
+])
+def test_tasks_end_to_end(pipe, clip, task, call, shape, given):
+    result = call(pipe, clip, steps=STEPS, seed=0)
+    assert result.frames.shape == (shape, 16, 16, 3) and result.frames.dtype == np.uint8
+    assert result.mask.shape == (shape, 8, 8)
+    assert sorted(set(range(shape)) - set(generated_frames(result))) == sorted(given)
+    for out_index, in_index in given.items():  # given frames come back as the input pixels, exactly
+        np.testing.assert_array_equal(result.frames[out_index], clip[in_index])
+    assert result.providers["denoiser"] == ("CPUExecutionProvider",)
+
+
+def test_inpaint_keeps_pixels_outside_the_box(pipe, clip):
+    result = pipe.inpaint(clip[:3], box=(2, 4, 8, 10), box_frames=[1], steps=STEPS)
+    np.testing.assert_array_equal(result.frames[[0, 2]], clip[[0, 2]])
+    keep = np.ones((16, 16), bool)
+    keep[2:8, 4:10] = False  # the box; latent cells are 2x2 pixels and the box is aligned to them
+    np.testing.assert_array_equal(result.frames[1][keep], clip[1][keep])
+    assert (result.frames[1][~keep] != clip[1][~keep]).any()
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.5), ("dpmpp", 0.0)])
+def test_same_seed_same_bytes_other_seed_differs(pipe, clip, sampler, eta):
+    kw = dict(cond=2, total=5, steps=STEPS, sampler=sampler, eta=eta)
+    a = pipe.predict(clip, seed=3, **kw).frames
+    b = pipe.predict(clip, seed=3, **kw).frames
+    c = pipe.predict(clip, seed=4, **kw).frames
+    assert a.tobytes() == b.tobytes()
+    assert (a[2:] != c[2:]).any()
+
+
+def test_float_frames_match_uint8(pipe, clip):
+    a = pipe.predict(clip[:2], total=4, steps=STEPS).frames
+    b = pipe.predict(clip[:2].astype(np.float32) / 255, total=4, steps=STEPS).frames
+    np.testing.assert_array_equal(a, b)
+
+
+def test_rollout_beyond_max_frames(pipe, clip):
+    total = pipe.max_frames + 5
+    result = pipe.rollout(clip, total=total, cond=3, window=6, steps=STEPS, seed=2, timings=True)
+    assert result.frames.shape == (total, 16, 16, 3)
+    assert result.mask.shape == (total, 8, 8)
+    assert not result.mask[:3].any() and result.mask[3:].all()
+    np.testing.assert_array_equal(result.frames[:3], clip[:3])
+    again = pipe.rollout(clip, total=total, cond=3, window=6, steps=STEPS, seed=2)
+    assert again.frames.tobytes() == result.frames.tobytes()
+    assert result.timings["denoiser"] > 0
+
+
+def test_timings_and_progress(pipe, clip, capsys):
+    result = pipe.predict(clip[:2], total=4, steps=STEPS, timings=True, progress=True)
+    assert {"vae_encoder", "denoiser", "sampler", "vae_decoder", "total"} <= set(result.timings)
+    assert all(v >= 0 for v in result.timings.values())
+    assert result.timings["total"] >= result.timings["denoiser"]
+    assert "sampling" in capsys.readouterr().err
+    assert pipe.predict(clip[:2], total=4, steps=STEPS).timings == {}
+
+
+def test_read_from_path(pipe, clip, tmp_path):
+    from vdt_runtime.video import write_video
+
+    write_video(tmp_path / "in", clip[:2])
+    result = pipe.predict(tmp_path / "in", total=3, steps=STEPS)
+    np.testing.assert_array_equal(result.frames[:2], clip[:2])
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda p, c: p.predict(c[0], total=4), r"\[T, H, W, 3\]"),
+    (lambda p, c: p.predict(c[..., :2], total=4), r"\[T, H, W, 3\]"),
+    (lambda p, c: p.predict(c.astype(np.int64), total=4), "int64"),
+    (lambda p, c: p.predict(np.zeros((2, 8, 8, 3), np.uint8), total=4), "8x8.*16x16"),
+    (lambda p, c: p.predict(np.full((2, 16, 16, 3), np.nan, np.float32), total=4), "NaN"),
+    (lambda p, c: p.predict(np.full((2, 16, 16, 3), np.inf, np.float32), total=4), "Inf"),
+    (lambda p, c: p.predict(np.full((2, 16, 16, 3), 2.0, np.float32), total=4), r"\[0, 1\]"),
+    (lambda p, c: p.predict(c[:2], total=9), "max_frames=8"),
+    (lambda p, c: p.run(c[:2], task="predict", cond=4, total=6), r"frame\(s\) \[2, 3\].*2 frame"),
+    (lambda p, c: p.predict(c[:4], cond=4, total=4), "cond"),
+    (lambda p, c: p.predict(c[:2], total=4, steps=0), "steps"),
+    (lambda p, c: p.predict(c[:2], total=4, steps=2.5), "steps"),
+    (lambda p, c: p.predict(c[:2], total=4, sampler="euler"), "'euler'"),
+    (lambda p, c: p.run(c[:2], task="dance", total=4), "'dance'"),
+    (lambda p, c: p.predict(c[:2], total=4, seed=-1), "seed"),
+    (lambda p, c: p.predict(c[:2], total=4, seed=2**63), "seed"),
+    (lambda p, c: p.predict(c[:2], total=4, seed=1.5), "seed"),
+    (lambda p, c: p.predict(c[:2], total=4, eta=0.5), "eta"),
+    (lambda p, c: p.run(c[:5], task="predict", cond=2, total=4), "at most total"),
+    (lambda p, c: p.run(c[:2], total=4), "task="),
+    (lambda p, c: p.run(c[:4], task="predict", mask=np.ones((4, 8, 8))), "user mask"),
+    (lambda p, c: p.interpolate(c[:2], stride=3, total=7), "3 input frame"),
+    (lambda p, c: p.rollout(c[:2], total=20, cond=3), "3 input frame"),
+    (lambda p, c: p.rollout(c, total=20, cond=3, window=9), "window"),
+    (lambda p, c: p.image_to_video(None), "needs input frames"),
+])
+def test_invalid_input_refused_before_any_backend_call(pipe, clip, monkeypatch, call, match):
+    def boom(inputs):
+        raise AssertionError("a backend ran before validation finished")
+
+    for backend in pipe.backends.values():
+        monkeypatch.setattr(backend, "run", boom)
+    with pytest.raises(InputError, match=match):
+        call(pipe, clip)
+
+
+@pytest.mark.parametrize("kw,match", [({"backend": "metal"}, "metal"), ({"precision": "int8"}, "int8"),
+                                      ({"threads": 0}, "threads"), ({"graph_optimization": "x"}, "'x'")])
+def test_load_options_refused(tiny_bundle, kw, match):
+    with pytest.raises(InputError, match=match):
+        Pipeline.load(tiny_bundle, **kw)

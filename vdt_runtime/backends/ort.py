@@ -1,0 +1,135 @@
+"""ONNX Runtime backend: CPU, CUDA or TensorRT execution providers, reporting what really runs."""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+
+from vdt_runtime.backends.base import Backend
+from vdt_runtime.bundle import Bundle
+from vdt_runtime.errors import BackendError, BundleError, InputError
+
+CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+# backend choice -> preferred providers, best first
+PROVIDERS = {"cpu": (CPU,), "cuda": (CUDA, CPU), "tensorrt": (TRT, CUDA, CPU), "auto": (TRT, CUDA, CPU)}
+GRAPH_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+def available_providers() -> list[str]:
+    """Execution providers this onnxruntime build offers (they may still fail to load)."""
+    return list(ort.get_available_providers())
+
+
+def provider_list(backend: str) -> list[str]:
+    """Providers to request for a backend choice; "auto" keeps only the available ones."""
+    if not isinstance(backend, str) or backend not in PROVIDERS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(PROVIDERS)}")
+    available = set(available_providers())
+    wanted = list(PROVIDERS[backend])
+    if backend == "auto":
+        return [p for p in wanted if p in available] or [CPU]
+    if wanted[0] not in available:
+        raise BackendError(
+            f"backend {backend!r} needs {wanted[0]}, which this onnxruntime {ort.__version__} does not offer; "
+            f"available: {', '.join(sorted(available))}"
+        )
+    return wanted
+
+
+def session_options(threads: int | None = None, graph_optimization: str = "all") -> ort.SessionOptions:
+    """SessionOptions with `threads` intra-op threads (None: onnxruntime's default) and an optimisation level."""
+    if graph_optimization not in GRAPH_OPTIMIZATION:
+        raise InputError(
+            f"unknown graph_optimization {graph_optimization!r}; choose one of {', '.join(GRAPH_OPTIMIZATION)}"
+        )
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads must be a positive integer or None, got {threads!r}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = GRAPH_OPTIMIZATION[graph_optimization]
+    if threads is not None:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3  # errors only; provider fallbacks are reported by us, once
+    return so
+
+
+class OrtBackend(Backend):
+    """One onnxruntime InferenceSession for one bundle stage."""
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, stage: str, backend: str = "auto", precision: str | None = None, *,
+                 threads: int | None = None, graph_optimization: str = "all"):
+        spec = bundle.stage(stage)
+        self.stage, self.precision = stage, precision or bundle.precision
+        self.inputs, self.outputs = spec.inputs, spec.outputs
+        self.requested = provider_list(backend)
+        path = bundle.file_path(stage, self.precision)
+        options = session_options(threads, graph_optimization)
+        self.session, log = _create_session(str(path), options, self.requested)
+        self.providers = tuple(self.session.get_providers())
+        self._check_io(path.name)
+        if backend != "auto" and self.providers[0] != self.requested[0]:
+            detail = f" ({log.strip().splitlines()[0]})" if log.strip() else ""
+            warnings.warn(
+                f"backend {backend!r} asked for {self.requested[0]} but stage {stage!r} runs on "
+                f"{', '.join(self.providers)}{detail}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        self._output_names = [o.name for o in self.outputs]
+        self._dtypes = {s.name: np.dtype(s.dtype) for s in self.inputs}
+
+    def _check_io(self, fname: str) -> None:
+        """The session's real input/output names and dtypes must match the manifest's."""
+        for kind, declared, actual in (("inputs", self.inputs, self.session.get_inputs()),
+                                       ("outputs", self.outputs, self.session.get_outputs())):
+            want = [(s.name, s.dtype) for s in declared]
+            got = [(a.name, _ORT_TYPES.get(a.type, a.type)) for a in actual]
+            if want != got:
+                raise BundleError(
+                    f"stage {self.stage!r}: {fname} has {kind} {got}, but the manifest declares {want}"
+                )
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the session; inputs are cast to the declared dtypes (contiguous)."""
+        if set(inputs) != set(self._dtypes):
+            raise InputError(f"stage {self.stage!r} takes inputs {sorted(self._dtypes)}, got {sorted(inputs)}")
+        feed = {k: np.ascontiguousarray(v, dtype=self._dtypes[k]) for k, v in inputs.items()}
+        try:
+            results = self.session.run(self._output_names, feed)
+        except Exception as e:  # onnxruntime raises its own exception types
+            shapes = {k: v.shape for k, v in feed.items()}
+            raise BackendError(f"stage {self.stage!r} failed on inputs {shapes}: {e}") from e
+        return dict(zip(self._output_names, results))
+
+
+def _create_session(path: str, options: ort.SessionOptions, providers: list[str]):
+    """An InferenceSession with onnxruntime's fallback chatter captured instead of printed."""
+    quiet = providers != [CPU]
+    out = io.StringIO()
+    if quiet:
+        ort.set_default_logger_severity(4)
+    try:
+        with contextlib.redirect_stdout(out):
+            session = ort.InferenceSession(path, options, providers=providers)
+    except Exception as e:
+        raise BackendError(f"onnxruntime could not load {path} with {providers}: {e}") from e
+    finally:
+        if quiet:
+            ort.set_default_logger_severity(2)
+    return session, out.getvalue()
+
+
+def open(bundle: Bundle, stage: str, backend: str, precision: str | None, **opts) -> OrtBackend:  # noqa: A001
+    """Factory used by `vdt_runtime.backends.open_backend`."""
+    return OrtBackend(bundle, stage, backend, precision, **opts)

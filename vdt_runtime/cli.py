@@ -1,0 +1,215 @@
+"""`vdt` command line: run a task, describe a bundle, benchmark its stages."""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from vdt_runtime.backends import BACKENDS
+from vdt_runtime.bundle import Bundle, default_bundle_path
+from vdt_runtime.errors import InputError, VDTError
+from vdt_runtime.masks import TASKS
+from vdt_runtime.samplers import SAMPLERS
+
+CLI_TASKS = TASKS + ("rollout",)
+# task -> the optional task flags it accepts (anything else given is refused)
+_TASK_FLAGS = {
+    "predict": ("cond", "total"),
+    "backward": ("cond", "total"),
+    "interpolate": ("stride", "total"),
+    "image_to_video": ("total",),
+    "unconditional": ("total",),
+    "complete": ("given", "total"),
+    "inpaint": ("box", "box_frames", "mask"),
+    "rollout": ("cond", "total", "window"),
+}
+_ALL_FLAGS = ("cond", "total", "stride", "given", "box", "box_frames", "mask", "window")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _box(text: str) -> tuple[int, int, int, int]:
+    values = _int_list(text)
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected y0,x0,y1,x1 (4 integers), got {text!r}")
+    return tuple(values)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vdt", description="Run exported VDT video diffusion bundles.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def backend_args(sp):
+        sp.add_argument("--backend", default="auto", choices=list(BACKENDS), help="execution backend")
+        sp.add_argument("--precision", default=None, help="stage files to use (default: the bundle's)")
+        sp.add_argument("--threads", type=int, default=None, help="intra-op threads (default: onnxruntime's)")
+
+    r = sub.add_parser("run", help="generate a video for a task")
+    r.add_argument("--task", required=True, choices=CLI_TASKS)
+    r.add_argument("--input", type=Path, help="video file, image or PNG folder (not needed for unconditional)")
+    r.add_argument("--out", type=Path, required=True, help=".mp4, .gif, or a folder name for PNGs")
+    r.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: engines/default)")
+    r.add_argument("--cond", type=int, help="given frames (predict, backward, rollout)")
+    r.add_argument("--total", type=int, help="output frames")
+    r.add_argument("--stride", type=int, help="keyframe spacing (interpolate)")
+    r.add_argument("--given", type=_int_list, help="given frame indices, e.g. 0,3,5 (complete)")
+    r.add_argument("--box", type=_box, help="pixel box y0,x0,y1,x1 to regenerate (inpaint)")
+    r.add_argument("--box-frames", type=_int_list, help="frames the box applies to (inpaint; default all)")
+    r.add_argument("--mask", type=Path, help=".npy mask, 1 = generate, latent or pixel size (inpaint)")
+    r.add_argument("--window", type=int, help="frames per window (rollout; default max_frames)")
+    r.add_argument("--steps", type=int, default=50)
+    r.add_argument("--sampler", default="ddpm", choices=list(SAMPLERS))
+    r.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--fps", type=float, default=8)
+    r.add_argument("--timings", action="store_true", help="print per-stage seconds")
+    r.add_argument("--no-progress", action="store_true")
+    backend_args(r)
+
+    i = sub.add_parser("info", help="describe a bundle and the providers each stage gets")
+    i.add_argument("bundle", type=Path, nargs="?", default=None)
+    i.add_argument("--verify", action="store_true", help="check every file's sha256")
+    backend_args(i)
+
+    b = sub.add_parser("bench", help="per-stage time table on a random predict workload")
+    b.add_argument("bundle", type=Path, nargs="?", default=None)
+    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--repeat", type=int, default=3)
+    b.add_argument("--sampler", default="ddpm", choices=list(SAMPLERS))
+    backend_args(b)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; typed errors print one `error: ...` line and return 2."""
+    args = _parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda msg, cat, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+        try:
+            return {"run": _run, "info": _info, "bench": _bench}[args.command](args)
+        except VDTError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+
+
+def _load(args, *, verify: bool = False):
+    from vdt_runtime.pipeline import Pipeline
+
+    return Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, threads=args.threads,
+                         verify=verify)
+
+
+def _run(args) -> int:
+    from vdt_runtime.video import check_output_path, read_video, write_video
+
+    task = args.task
+    extra = [f for f in _ALL_FLAGS if getattr(args, f) is not None and f not in _TASK_FLAGS[task]]
+    if extra:
+        raise InputError(f"--task {task} does not take {', '.join('--' + f.replace('_', '-') for f in extra)}")
+    if task == "rollout" and (args.cond is None or args.total is None):
+        raise InputError("--task rollout needs --cond and --total")
+    if task != "unconditional" and args.input is None:
+        raise InputError(f"--task {task} needs --input")
+    if task == "unconditional" and args.input is not None:
+        raise InputError("--task unconditional takes no --input")
+    check_output_path(args.out)
+    mask = _read_mask(args.mask) if args.mask is not None else None
+    frames = read_video(args.input) if args.input is not None else None
+    pipe = _load(args)
+    kw = dict(steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
+              progress=not args.no_progress, timings=args.timings)
+    if task == "rollout":
+        result = pipe.rollout(frames, args.total, args.cond, args.window, **kw)
+    elif task == "unconditional":
+        result = pipe.unconditional(total=args.total, **kw)
+    else:
+        flags = {f: getattr(args, f) for f in _TASK_FLAGS[task] if getattr(args, f) is not None}
+        if mask is not None:
+            flags["mask"] = mask
+        if task == "complete" and "given" not in flags:
+            raise InputError("--task complete needs --given")
+        result = getattr(pipe, task)(frames, **flags, **kw)
+    out = write_video(args.out, result.frames, fps=args.fps)
+    t, h, w, _ = result.frames.shape
+    print(f"wrote {out} ({t} frames {h}x{w}; denoiser on {', '.join(result.providers['denoiser'])})")
+    if args.timings:
+        for stage, seconds in result.timings.items():
+            print(f"  {stage:<12} {seconds:8.3f} s")
+    return 0
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    if path.suffix.lower() != ".npy":
+        raise InputError(f"--mask must be a .npy file, got {str(path)!r}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read mask {str(path)!r}: {e}") from None
+
+
+def _info(args) -> int:
+    from vdt_runtime.backends.ort import available_providers
+
+    path = default_bundle_path() if args.bundle is None else args.bundle
+    bundle = Bundle.load(path, verify=args.verify)
+    print(bundle.describe())
+    if args.verify:
+        print(f"sha256     all {len(bundle.manifest['files'])} files match the manifest")
+    print(f"onnxruntime providers available: {', '.join(available_providers())}")
+    args.bundle = path
+    pipe = _load(args)
+    for stage, backend in pipe.backends.items():
+        print(f"  {stage:<12} {backend.precision:<5} runs on {', '.join(backend.providers)}")
+    return 0
+
+
+def _bench(args) -> int:
+    from vdt_runtime.schedule import _check_int
+
+    repeat = _check_int("--repeat", args.repeat, 1, None)
+    pipe = _load(args)
+    bundle = pipe.bundle
+    frames_total = bundle.num_frames
+    cond = max(1, frames_total // 2)
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (cond, bundle.image_size, bundle.image_size, 3), dtype=np.uint8)
+    runs = []
+    for i in range(repeat + 1):  # the first run warms up and is not counted
+        result = pipe.predict(video, cond=cond, total=frames_total, steps=args.steps, sampler=args.sampler,
+                              seed=i, timings=True)
+        if i:
+            runs.append(result.timings)
+    rows = [  # stage, backend stage (for providers/precision), batch
+        ("vae_encoder", "vae_encoder", str(cond)),
+        ("denoiser", "denoiser", "1"),
+        ("sampler", None, "1"),
+        ("vae_decoder", "vae_decoder", str(frames_total - cond)),
+        ("total", None, "1"),
+    ]
+    header = f"{'stage':<12} {'providers':<28} {'precision':<9} {'batch':>5} {'frames':>6} {'steps':>5} {'median s':>10}"
+    print(header)
+    print("-" * len(header))
+    for stage, backend_stage, batch in rows:
+        median = statistics.median(r.get(stage, 0.0) for r in runs)
+        backend = pipe.backends.get(backend_stage) if backend_stage else None
+        providers = ", ".join(p.replace("ExecutionProvider", "") for p in backend.providers) if backend else ("numpy" if stage == "sampler" else "-")
+        precision = backend.precision if backend else "-"
+        steps = str(args.steps) if stage in ("denoiser", "sampler", "total") else "-"
+        print(f"{stage:<12} {providers:<28} {precision:<9} {batch:>5} {frames_total:>6} {steps:>5} {median:>10.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

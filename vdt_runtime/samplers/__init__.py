@@ -1,0 +1,17 @@
+"""Samplers, one per file, one signature: sample(denoise, x_T, schedule, *, rng, mask, x_given, callback, **opts)."""
+from __future__ import annotations
+
+from typing import Callable
+
+from vdt_runtime.errors import InputError
+from vdt_runtime.samplers import ddim, ddpm, dpmpp
+
+SAMPLERS: dict[str, Callable] = {"ddpm": ddpm.sample, "ddim": ddim.sample, "dpmpp": dpmpp.sample}
+
+
+def get_sampler(name: str) -> Callable:
+    """The sample function registered under `name`."""
+    try:
+        return SAMPLERS[name]
+    except (KeyError, TypeError):
+        raise InputError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}") from None

@@ -1,0 +1,32 @@
+"""DDPM ancestral sampler, as the official VDT sampler: posterior mean, learned-range variance, no clipping."""
+from __future__ import annotations
+
+import numpy as np
+
+from vdt_runtime.samplers._common import Model, no_options
+from vdt_runtime.schedule import Schedule
+
+
+def sample(denoise, x_T, schedule: Schedule, *, rng, mask=None, x_given=None, callback=None, **opts) -> np.ndarray:
+    """Run K ancestral steps from x_T [B,T,C,h,w]; returns float32 [B,T,C,h,w], given cells exact."""
+    no_options("ddpm", opts)
+    model = Model(denoise, x_T, schedule, rng=rng, mask=mask, x_given=x_given, callback=callback)
+    s, x = schedule, model.x_T
+    for step, i in enumerate(reversed(range(s.steps))):
+        eps, x0, var = model(x, i)
+        mean = s.posterior_mean_coef1[i] * x0 + s.posterior_mean_coef2[i] * x
+        if i > 0:  # no noise at the final step
+            x = mean + np.exp(0.5 * _log_variance(s, var, i)) * model.noise()
+        else:
+            x = mean
+        model.step_done(step, x)
+    return model.composite(x)
+
+
+def _log_variance(s: Schedule, var: np.ndarray | None, i: int):
+    """log σ² = f·log β + (1 − f)·log β̃ with f = (v + 1)/2; the clipped log β̃ for fixed_small."""
+    min_log = s.posterior_log_variance_clipped[i]
+    if var is None:
+        return min_log
+    frac = (var + 1.0) / 2.0
+    return frac * np.log(s.betas[i]) + (1.0 - frac) * min_log
