@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny randomised VDT + VAE and the bundle exported from them (torch imported lazily)."""
+from __future__ import annotations
+
+import pytest
+
+TINY_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """(vdt, vae): VDT-tiny (input_size 8, patch 2, 8 frames, 4 channels) + a /2 VAE, all weights randomised."""
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from vdt_export.checkpoint import randomize_
+    from vdt_export.models import VDT, config_from_name
+    from vdt_export.vae import build_vae, tiny_vae_config
+
+    vdt = VDT(config_from_name("VDT-tiny", input_size=8, num_frames=8, in_channels=4))
+    randomize_(vdt, seed=TINY_SEED)
+    vae = randomize_(build_vae(tiny_vae_config()), seed=TINY_SEED + 1)
+    return vdt.eval(), vae.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_models, tmp_path_factory):
+    """Path of a bundle (image_size 16, T ≤ 8) exported from `tiny_models`."""
+    pytest.importorskip("onnx")
+    from vdt_export.bundle import export_bundle
+
+    vdt, vae = tiny_models
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    training = {"source": "random-init", "seed": TINY_SEED}
+    return export_bundle(vdt, vae, out, name="tiny", image_size=16, training=training)

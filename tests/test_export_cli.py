@@ -1,0 +1,72 @@
+"""`vdt-export` CLI: export a random tiny model, verify bundles, and fail clearly on bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from vdt_export.cli import main  # noqa: E402
+
+
+def test_verify_passes_for_the_same_weights(tiny_bundle, capsys):
+    # tiny_bundle's VDT uses seed 0 and its VAE seed 1: exactly what --random-init 0 --vae-config tiny rebuilds
+    assert main(["verify", str(tiny_bundle), "--random-init", "0", "--vae-config", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "providers[denoiser]: CPUExecutionProvider" in out
+    rows = [line for line in out.splitlines() if line.startswith(("denoiser", "vae_"))]
+    assert len(rows) == 6 + 4 and all(line.endswith("ok") for line in rows)
+    assert any(line.split()[2] == "8" for line in rows)  # T = max_frames is checked
+
+
+def test_verify_fails_for_other_weights(tiny_bundle, capsys):
+    assert main(["verify", str(tiny_bundle), "--random-init", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "VAE stages skipped" in out
+
+
+def test_verify_detects_a_tampered_file(tiny_bundle, tmp_path, capsys):
+    import shutil
+
+    bundle = tmp_path / "tampered"
+    shutil.copytree(tiny_bundle, bundle)
+    with open(bundle / "vae_decoder.onnx", "ab") as fh:
+        fh.write(b"\0")
+    assert main(["verify", str(bundle), "--random-init", "0"]) == 1
+    assert "'vae_decoder.onnx' does not match its sha256" in capsys.readouterr().out
+
+
+def test_onnx_random_init_then_verify(tmp_path, capsys):
+    """Export past the trained length (T ≤ 3 from 2 trained frames) over an old bundle, then verify T = 1…3."""
+    out = tmp_path / "smoke"
+    out.mkdir()
+    (out / "stale.txt").write_text("old bundle")
+    args = ["--random-init", "7", "--vae-config", "tiny"]
+    assert main(["onnx", *args, "--config", "VDT-tiny", "--image-size", "8", "--num-frames", "2",
+                 "--max-frames", "3", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["name"] == "smoke" and manifest["model"]["input_size"] == 4
+    assert (manifest["model"]["num_frames"], manifest["model"]["max_frames"]) == (2, 3)
+    assert manifest["training"] == {"source": "random-init", "seed": 7, "vae": "tiny (random-init seed 8)"}
+    assert manifest["stages"]["denoiser"]["dynamic_axes"]["frames"] == {"min": 1, "opt": 2, "max": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke"]  # old bundle and staging folders gone
+    assert not (out / "stale.txt").exists()
+    capsys.readouterr()
+    assert main(["verify", str(out), *args]) == 0
+    out_text = capsys.readouterr().out
+    assert "PASS" in out_text
+    assert any(line.startswith("denoiser") and line.split()[2] == "3" for line in out_text.splitlines())
+
+
+def test_checkpoint_export_errors_are_clear(tmp_path, capsys):
+    assert main(["onnx", "--checkpoint", str(tmp_path / "missing.pt"), "--vae-config", "tiny",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert main(["onnx", "--random-init", "0", "--vae-config", "tiny", "--image-size", "15",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "--image-size 15 is not a multiple of the VAE downsample factor 2" in capsys.readouterr().err
+    assert main(["onnx", "--random-init", "0", "--out", str(tmp_path / "b")]) == 2
+    assert "--vae-config tiny" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

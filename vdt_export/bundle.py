@@ -1,0 +1,167 @@
+"""Bundle writer: the three ONNX stages plus manifest.json, built beside the target and renamed into place."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnx
+import torch
+import torch.nn as nn
+
+from vdt_runtime._atomic import atomic_dir, atomic_path
+from vdt_runtime.bundle import sha256_file as hash_file  # re-exported: one hashing routine for both sides
+from vdt_runtime.errors import InputError
+
+from . import __version__
+from .models import VDT
+from .onnx_export import OPSET, export_denoiser, export_vae_decoder, export_vae_encoder
+from .vae import SD_SCALE_FACTOR, downsample_factor, latent_channels
+
+FORMAT, FORMAT_VERSION = "vdt-bundle", 1
+MANIFEST = "manifest.json"
+STAGE_FILES = {"denoiser": "denoiser.onnx", "vae_encoder": "vae_encoder.onnx", "vae_decoder": "vae_decoder.onnx"}
+PREDICTION_TYPES = ("epsilon", "v")
+VARIANCE_TYPES = ("learned_range", "fixed_small")
+VAE_MAX_BATCH = 64
+
+
+def external_data_files(onnx_path: str | os.PathLike) -> list[str]:
+    """Names (relative to the model's folder) of the external data files an .onnx refers to."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    names = {entry.value for init in model.graph.initializer
+             if init.data_location == onnx.TensorProto.EXTERNAL
+             for entry in init.external_data if entry.key == "location"}
+    return sorted(names)
+
+
+def write_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> Path:
+    """Fill manifest["files"] (sha256 + size of every stage file, its external data and those already listed),
+    then write manifest.json atomically. Reuse it after adding a file (e.g. an "int8" denoiser)."""
+    bundle_dir = Path(bundle_dir)
+    names = set(manifest.get("files", {}))
+    for stage in manifest["stages"].values():
+        for name in stage["files"].values():
+            names.add(name)
+            names.update(external_data_files(bundle_dir / name) if name.endswith(".onnx") else ())
+    files = {}
+    for name in sorted(names):
+        path = bundle_dir / name
+        if not path.is_file():
+            raise FileNotFoundError(f"bundle file {name!r} listed in the manifest is missing from {bundle_dir}")
+        files[name] = {"sha256": hash_file(path), "size": path.stat().st_size}
+    manifest["files"] = files
+    with atomic_path(bundle_dir / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return bundle_dir / MANIFEST
+
+
+def diffusion_config(learn_sigma: bool, diffusion: Mapping | None = None) -> dict:
+    """The manifest's diffusion section: defaults (linear, 1000, epsilon, variance from learn_sigma) + overrides."""
+    out = {"beta_schedule": "linear", "num_timesteps": 1000, "prediction_type": "epsilon",
+           "variance_type": "learned_range" if learn_sigma else "fixed_small", **(diffusion or {})}
+    if out["prediction_type"] not in PREDICTION_TYPES:
+        raise InputError(f"prediction_type={out['prediction_type']!r}; allowed: {PREDICTION_TYPES}")
+    if out["variance_type"] not in VARIANCE_TYPES:
+        raise InputError(f"variance_type={out['variance_type']!r}; allowed: {VARIANCE_TYPES}")
+    if (out["variance_type"] == "learned_range") != learn_sigma:
+        raise InputError(f"variance_type={out['variance_type']!r} does not fit a model with learn_sigma={learn_sigma} "
+                         f"(learned_range needs 2C output channels, fixed_small needs C)")
+    return out
+
+
+def _io(name: str, shape: list) -> dict:
+    return {"name": name, "dtype": "float32", "shape": shape}
+
+
+def _axis(lo: int, opt: int, hi: int) -> dict:
+    return {"min": lo, "opt": opt, "max": hi}
+
+
+def build_manifest(vdt: VDT, vae: nn.Module, *, name: str, image_size: int, scale_factor: float,
+                   diffusion: dict, max_batch: int, training: Mapping | None) -> dict:
+    """The manifest (without "files") for a bundle of `vdt` + `vae`, as docs/bundle-format.md lays it out."""
+    cfg, f, c = vdt.config, downsample_factor(vae), latent_channels(vae)
+    hw, out_c = cfg.input_size, cfg.out_channels
+    latent = ["batch", c, "latent_height", "latent_width"]
+    vae_axes = {"batch": _axis(1, min(16, VAE_MAX_BATCH), VAE_MAX_BATCH)}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": {**cfg.to_dict(), "max_frames": vdt.max_frames},
+        "diffusion": diffusion,
+        "vae": {"scale_factor": float(scale_factor), "downsample": f, "latent_channels": c},
+        "image_size": image_size,
+        "precision": "fp32",
+        "stages": {
+            "denoiser": {
+                "files": {"fp32": STAGE_FILES["denoiser"]},
+                "inputs": [_io("latents", ["batch", "frames", cfg.in_channels, hw, hw]), _io("timestep", ["batch"])],
+                "outputs": [_io("model_out", ["batch", "frames", out_c, hw, hw])],
+                "dynamic_axes": {"batch": _axis(1, 1, max_batch),
+                                 "frames": _axis(1, cfg.num_frames, vdt.max_frames)},
+            },
+            "vae_encoder": {
+                "files": {"fp32": STAGE_FILES["vae_encoder"]},
+                "inputs": [_io("images", ["batch", 3, "height", "width"])],
+                "outputs": [_io("latents", latent)],
+                "dynamic_axes": {**vae_axes, "height": _axis(f, image_size, image_size),
+                                 "width": _axis(f, image_size, image_size)},
+            },
+            "vae_decoder": {
+                "files": {"fp32": STAGE_FILES["vae_decoder"]},
+                "inputs": [_io("latents", latent)],
+                "outputs": [_io("images", ["batch", 3, "height", "width"])],
+                "dynamic_axes": {**vae_axes, "latent_height": _axis(1, hw, hw), "latent_width": _axis(1, hw, hw)},
+            },
+        },
+        "files": {},
+        "opset": OPSET,
+        "exporter": {"vdt_export": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
+        "training": dict(training or {}),
+    }
+
+
+def _with_max_frames(vdt: VDT, max_frames: int | None) -> VDT:
+    """`vdt` itself, or a copy whose sin-cos time table reaches `max_frames` (the caller's model is not changed)."""
+    if max_frames is None or max_frames == vdt.max_frames:
+        return vdt
+    if max_frames < vdt.config.num_frames:
+        raise InputError(f"max_frames={max_frames} is below the trained num_frames={vdt.config.num_frames}")
+    copy = VDT(vdt.config, max_frames=max_frames)
+    copy.load_state_dict(vdt.state_dict())
+    return copy.eval()
+
+
+def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name: str, image_size: int,
+                  scale_factor: float = SD_SCALE_FACTOR, diffusion: Mapping | None = None,
+                  max_frames: int | None = None, max_batch: int = 16, training: Mapping | None = None,
+                  verbose: bool = False) -> Path:
+    """Export denoiser + VAE encoder/decoder + manifest.json into `out_dir`; an existing bundle there is replaced
+    only once the new one is complete. Returns `out_dir`."""
+    out_dir = Path(out_dir)
+    f = downsample_factor(vae)
+    if image_size != vdt.config.input_size * f:
+        raise InputError(f"image_size={image_size} does not fit the model: input_size {vdt.config.input_size} × "
+                         f"VAE downsample {f} = {vdt.config.input_size * f}")
+    if latent_channels(vae) != vdt.config.in_channels:
+        raise InputError(f"VAE has {latent_channels(vae)} latent channels but the VDT takes {vdt.config.in_channels}")
+    if max_batch < 1:
+        raise InputError(f"max_batch={max_batch}; must be ≥ 1")
+    vdt = _with_max_frames(vdt, max_frames)
+    manifest = build_manifest(vdt, vae, name=name, image_size=image_size, scale_factor=scale_factor,
+                              diffusion=diffusion_config(vdt.config.learn_sigma, diffusion), max_batch=max_batch,
+                              training=training)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out_dir) as staging:  # an old bundle at out_dir is replaced only once this one is complete
+        export_denoiser(vdt, staging / STAGE_FILES["denoiser"], max_batch=max_batch, verbose=verbose)
+        export_vae_encoder(vae, staging / STAGE_FILES["vae_encoder"], image_size=image_size,
+                           scale_factor=scale_factor, verbose=verbose)
+        export_vae_decoder(vae, staging / STAGE_FILES["vae_decoder"], image_size=image_size,
+                           scale_factor=scale_factor, verbose=verbose)
+        write_manifest(staging, manifest)
+    return out_dir

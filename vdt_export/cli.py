@@ -1,0 +1,135 @@
+"""`vdt-export`: export a checkpoint (or a random model) to a bundle, and verify a bundle against torch."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vdt_runtime.errors import VDTError
+
+from .models import CONFIGS, VDT, VDTConfig, config_from_name
+
+TINY = "tiny"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="VDT weights: .pt/.pth (plain or ema/model) or .safetensors")
+    src.add_argument("--random-init", type=int, metavar="SEED",
+                     help="randomised (non-zero) weights from SEED instead of a checkpoint, for smoke tests")
+    p.add_argument("--vae", type=Path, help="diffusers AutoencoderKL folder, or a weights file with --vae-config")
+    p.add_argument("--vae-config", help=f"'{TINY}' (test VAE, random weights) or a config.json / its folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vdt-export", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    onnx = sub.add_parser("onnx", help="export a VDT + VAE to an ONNX bundle (engines/NAME)")
+    _add_model_args(onnx)
+    onnx.add_argument("--config", choices=sorted(CONFIGS), help="named config (heads; checked against the weights)")
+    onnx.add_argument("--image-size", type=int, help="pixel height == width (default: input_size × VAE downsample)")
+    onnx.add_argument("--interpolate-pos-embed", action="store_true",
+                      help="allow an --image-size other than the checkpoint's (recomputes the sin-cos pos_embed)")
+    onnx.add_argument("--num-frames", type=int, help="trained frames of a --random-init model (default: config)")
+    onnx.add_argument("--max-frames", type=int, help="exported maximum T (≥ num_frames; extends the sin-cos table)")
+    onnx.add_argument("--max-batch", type=int, default=16, help="largest batch in the manifest (default 16)")
+    onnx.add_argument("--prediction-type", choices=["epsilon", "v"], default="epsilon")
+    onnx.add_argument("--variance-type", choices=["learned_range", "fixed_small"],
+                      help="default: learned_range when the model outputs 2C channels, else fixed_small")
+    onnx.add_argument("--scale-factor", type=float, help="VAE latent scale (default: the VAE config's, 0.18215 for SD)")
+    onnx.add_argument("--out", type=Path, required=True, help="bundle folder, e.g. engines/NAME")
+    onnx.add_argument("--name", help="bundle name (default: the --out folder's name)")
+    onnx.add_argument("--verbose", action="store_true", help="show the exporter's own output")
+
+    verify = sub.add_parser("verify", help="compare a bundle's ONNX stages with the torch modules")
+    verify.add_argument("bundle", type=Path)
+    _add_model_args(verify)
+    verify.add_argument("--tol", type=float, default=1e-4, help="max abs error allowed (default 1e-4)")
+    verify.add_argument("--providers", default="CPUExecutionProvider",
+                        help="comma-separated onnxruntime providers to ask for (default CPUExecutionProvider)")
+    return parser
+
+
+def _vae(args, seed: int):
+    from .checkpoint import randomize_
+    from .vae import build_vae, load_vae, read_vae_config, tiny_vae_config
+
+    config = tiny_vae_config() if args.vae_config == TINY else args.vae_config
+    if args.vae is not None:
+        return load_vae(args.vae, config)
+    if config is not None:
+        return randomize_(build_vae(read_vae_config(config)), seed)
+    return None
+
+
+def _random_vdt(config: VDTConfig, max_frames: int | None, seed: int) -> VDT:
+    from .checkpoint import randomize_
+
+    return randomize_(VDT(config, max_frames=max_frames), seed).eval()
+
+
+def _cmd_onnx(args) -> int:
+    from .bundle import export_bundle
+    from .checkpoint import load_vdt
+    from .vae import downsample_factor, latent_channels
+
+    seed = args.random_init if args.random_init is not None else 0
+    vae = _vae(args, seed + 1)
+    if vae is None:
+        raise VDTError("give --vae DIR (or FILE with --vae-config) or --vae-config tiny")
+    f = downsample_factor(vae)
+    if args.image_size is not None and args.image_size % f:
+        raise VDTError(f"--image-size {args.image_size} is not a multiple of the VAE downsample factor {f}")
+    size = {} if args.image_size is None else {"input_size": args.image_size // f}
+    if args.random_init is not None:
+        frames = {} if args.num_frames is None else {"num_frames": args.num_frames}
+        config = config_from_name(args.config or "VDT-S/2", in_channels=latent_channels(vae), **size, **frames)
+        vdt = _random_vdt(config, None, args.random_init)
+        source = {"source": "random-init", "seed": args.random_init}
+    else:
+        vdt = load_vdt(args.checkpoint, args.config, interpolate_pos_embed=args.interpolate_pos_embed, **size)
+        source = {"source": "checkpoint", "checkpoint": args.checkpoint.name}
+    source["vae"] = str(args.vae.name) if args.vae is not None else f"{args.vae_config} (random-init seed {seed + 1})"
+    diffusion = {"prediction_type": args.prediction_type}
+    if args.variance_type:
+        diffusion["variance_type"] = args.variance_type
+    out = export_bundle(vdt, vae, args.out, name=args.name or args.out.name, image_size=vdt.config.input_size * f,
+                        scale_factor=args.scale_factor or float(vae.config.scaling_factor), diffusion=diffusion,
+                        max_frames=args.max_frames, max_batch=args.max_batch, training=source, verbose=args.verbose)
+    print(f"wrote bundle {out} (VDT {vdt.config.depth}×{vdt.config.hidden_size}, "
+          f"T ≤ {args.max_frames or vdt.config.num_frames}, image {vdt.config.input_size * f}px)")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from .checkpoint import load_vdt
+    from .verify import read_manifest, verify_bundle
+
+    model = dict(read_manifest(args.bundle)["model"])
+    max_frames = model.pop("max_frames")
+    if args.random_init is not None:
+        vdt = _random_vdt(VDTConfig(**model), max_frames, args.random_init)
+        vae = _vae(args, args.random_init + 1)
+    else:
+        vdt = load_vdt(args.checkpoint, max_frames=max_frames, interpolate_pos_embed=True, **model)
+        vae = _vae(args, 1)
+    report = verify_bundle(args.bundle, vdt, vae, tol=args.tol, providers=args.providers.split(","))
+    print(report.table())
+    if vae is None:
+        print("VAE stages skipped (no --vae / --vae-config)")
+    print("PASS" if report.passed else "FAIL")
+    return 0 if report.passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _cmd_onnx(args) if args.command == "onnx" else _cmd_verify(args)
+    except (VDTError, ValueError, FileNotFoundError) as exc:
+        print(f"vdt-export: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
