@@ -31,3 +31,11 @@ def tiny_bundle(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     training = {"source": "random-init", "seed": TINY_SEED}
     return export_bundle(vdt, vae, out, name="tiny", image_size=16, training=training)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_bundle):
+    """One CPU Pipeline (1 intra-op thread) on `tiny_bundle`, shared: Pipeline calls keep no state between them."""
+    from vdt_runtime import Pipeline
+
+    return Pipeline.load(tiny_bundle, backend="cpu", threads=1)

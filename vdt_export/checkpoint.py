@@ -47,8 +47,19 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path.name!r} with torch.load(weights_only=True): "
-                              f"{exc}") from exc
+                              f"{_torch_reason(exc)}") from exc
     return unwrap_state_dict(obj, source=path.name)
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """The line of a torch.load error that says what is wrong (its weights_only text is a page of advice)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = next((line for line in lines if "WeightsUnpickler error:" in line), lines[0] if lines else repr(exc))
+    reason = reason.split("WeightsUnpickler error:", 1)[-1].strip()
+    reason = re.sub(r"\x1b\[[0-9;]*m", "", reason)  # no terminal colour codes
+    if "was not an allowed global" in reason:
+        reason = reason.split(" Please use", 1)[0] + " (arbitrary pickled objects are refused)"
+    return reason
 
 
 def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:

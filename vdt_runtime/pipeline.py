@@ -52,6 +52,10 @@ class Pipeline:
     Float input in [0, 1] is accepted and quantised first (round(x·255)). Every pixel the mask marks as
     given comes back as the ORIGINAL input pixel, bit for bit; only frames with generated cells go
     through the VAE decoder. Everything is validated before any backend runs.
+
+    Thread-safe: one Pipeline may serve concurrent calls from several threads (each call keeps its state in
+    locals; onnxruntime sessions allow concurrent run()), and threads may load their own. Same seed, bundle
+    and backend give byte-identical frames, whichever thread runs them.
     """
 
     def __init__(self, bundle: Bundle, backends: dict[str, Backend]):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import warnings
 
 import numpy as np
@@ -113,20 +114,26 @@ class OrtBackend(Backend):
         return dict(zip(self._output_names, results))
 
 
+# sys.stdout and the default logger severity are process-wide: sessions are created one at a time, or two
+# threads loading pipelines would each restore the other's redirect and leave sys.stdout captured for good
+_SESSION_LOCK = threading.Lock()
+
+
 def _create_session(path: str, options: ort.SessionOptions, providers: list[str]):
     """An InferenceSession with onnxruntime's fallback chatter captured instead of printed."""
     quiet = providers != [CPU]
     out = io.StringIO()
-    if quiet:
-        ort.set_default_logger_severity(4)
-    try:
-        with contextlib.redirect_stdout(out):
-            session = ort.InferenceSession(path, options, providers=providers)
-    except Exception as e:
-        raise BackendError(f"onnxruntime could not load {path} with {providers}: {e}") from e
-    finally:
+    with _SESSION_LOCK:
         if quiet:
-            ort.set_default_logger_severity(2)
+            ort.set_default_logger_severity(4)
+        try:
+            with contextlib.redirect_stdout(out):
+                session = ort.InferenceSession(path, options, providers=providers)
+        except Exception as e:
+            raise BackendError(f"onnxruntime could not load {path} with {providers}: {e}") from e
+        finally:
+            if quiet:
+                ort.set_default_logger_severity(2)
     return session, out.getvalue()
 
 

@@ -1,0 +1,351 @@
+"""Catalogue of bad inputs: each gets its typed error, and the message names the value and what is allowed.
+
+docs/errors.md holds the same catalogue as a table; `test_docs_table_matches_catalogue` keeps the two in step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from vdt_runtime import Pipeline, write_video
+from vdt_runtime.bundle import Bundle, sha256_file
+from vdt_runtime.errors import BackendError, BundleError, InputError
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    error: str  # class name: InputError, BundleError, BackendError, CheckpointError
+    fragments: tuple[str, ...]  # must all appear in the message (and in the docs table's example)
+    action: Callable  # (ctx) -> anything; must raise
+
+
+class Ctx:
+    """What a case may use: a loaded pipeline, a clip, a scratch folder, bundle copies, the tiny torch models."""
+
+    def __init__(self, request, pipe, tiny_bundle, tmp_path):
+        self.request, self.pipe, self.bundle, self.tmp = request, pipe, tiny_bundle, tmp_path
+        self.clip = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+
+    def predict(self, frames=None, **kw):
+        kw = {"cond": 2, "total": 4, "steps": 1, **kw}
+        return self.pipe.predict(self.clip if frames is None else frames, **kw)
+
+    def run_mask(self, mask, **kw):
+        return self.pipe.run(self.clip[:4], mask=mask, steps=1, **kw)
+
+    def file(self, name: str, data: bytes) -> Path:
+        path = self.tmp / name
+        path.write_bytes(data)
+        return path
+
+    def bundle_copy(self, edit=None) -> Path:
+        """A private copy of the tiny bundle; `edit(manifest, folder)` may change the manifest and files."""
+        path = Path(shutil.copytree(self.bundle, self.tmp / "bundle"))
+        if edit is not None:
+            manifest = json.loads((path / "manifest.json").read_text())
+            edit(manifest, path)
+            (path / "manifest.json").write_text(json.dumps(manifest))
+        return path
+
+    def state_dict(self) -> dict:
+        vdt, _ = self.request.getfixturevalue("tiny_models")
+        return dict(vdt.state_dict())
+
+
+def _relist(manifest: dict, folder: Path, name: str) -> None:
+    """Make manifest["files"][name] match the file on disk (as a careless re-packer would)."""
+    manifest["files"][name] = {"sha256": sha256_file(folder / name), "size": (folder / name).stat().st_size}
+
+
+def _swap_denoiser_for_encoder(m: dict, folder: Path) -> None:
+    shutil.copyfile(folder / "vae_encoder.onnx", folder / "denoiser.onnx")
+    _relist(m, folder, "denoiser.onnx")
+
+
+def _garbage_denoiser(m: dict, folder: Path) -> None:
+    (folder / "denoiser.onnx").write_bytes(b"this is not an onnx protobuf" * 10)
+    _relist(m, folder, "denoiser.onnx")
+
+
+def _tamper(path: Path) -> Path:
+    target = path / "denoiser.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different content
+    target.write_bytes(bytes(data))
+    return path
+
+
+def _unwritable_folder(tmp: Path) -> Path:
+    """A folder this process cannot create files in (a 0555 folder; as root, which ignores modes, /sys)."""
+    for folder in (tmp / "read-only", Path("/sys")):
+        if folder.parent == tmp:
+            folder.mkdir(exist_ok=True)
+            folder.chmod(0o555)
+        try:
+            fd, probe = tempfile.mkstemp(dir=folder)
+        except OSError:
+            return folder
+        os.close(fd)
+        os.unlink(probe)
+    pytest.skip("no folder here refuses writes (running as root without a read-only mount)")
+
+
+def _gif(ctx: Ctx, frames: int) -> Path:
+    return write_video(ctx.tmp / "short.gif", ctx.clip[:frames])
+
+
+def _load_vdt(ctx: Ctx, state, config=None):
+    pytest.importorskip("torch")
+    from vdt_export.checkpoint import load_vdt
+
+    return load_vdt(state, config)
+
+
+def _pickled_checkpoint(ctx: Ctx):
+    torch = pytest.importorskip("torch")
+    from vdt_export.checkpoint import load_state_dict
+
+    path = ctx.tmp / "evil.pt"
+    torch.save({"weight": torch.zeros(2), "payload": _Payload()}, path)
+    return load_state_dict(path)
+
+
+def _truncated_checkpoint(ctx: Ctx):
+    torch = pytest.importorskip("torch")
+    from vdt_export.checkpoint import load_state_dict
+
+    full = ctx.tmp / "full.pt"
+    torch.save({"weight": torch.zeros(64)}, full)
+    return load_state_dict(ctx.file("cut.pt", full.read_bytes()[:200]))
+
+
+class _Payload:
+    """An arbitrary object: unpickling it would run __reduce__'s callable."""
+
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def _checkpoint(ctx: Ctx, name: str):
+    pytest.importorskip("torch")
+    from vdt_export.checkpoint import load_state_dict
+
+    return load_state_dict(ctx.file(name, b"\0" * 16))
+
+
+def _without(state: dict, key: str) -> dict:
+    return {k: v for k, v in state.items() if k != key}
+
+
+def _with_extra(state: dict, key: str) -> dict:
+    return {**state, key: next(iter(state.values()))}
+
+
+def _floats(n_bad: int, value: float) -> np.ndarray:
+    """Float frames [4, 16, 16, 3] of 0.5 whose first `n_bad` values are `value`."""
+    frames = np.full((4, 16, 16, 3), 0.5, np.float32)
+    frames.reshape(-1)[:n_bad] = value
+    return frames
+
+
+def _malformed(c: Ctx) -> Path:
+    path = c.bundle_copy()
+    (path / "manifest.json").write_text('{"format": "vdt-bundle", "format_version": 1,,}')
+    return path
+
+
+CASES = [
+    # --- frames --------------------------------------------------------------------------------------
+    Case("frames-no-time-axis", "InputError", ("[T, H, W, 3]", "(16, 16, 3)"),
+         lambda c: c.predict(c.clip[0])),
+    Case("frames-dtype-int16", "InputError", ("uint8", "[0, 1]", "int16"),
+         lambda c: c.predict(c.clip.astype(np.int16))),
+    Case("frames-4-channels", "InputError", ("[T, H, W, 3]", "(4, 16, 16, 4)"),
+         lambda c: c.predict(np.zeros((4, 16, 16, 4), np.uint8))),
+    Case("frames-wrong-size", "InputError", ("32x32", "16x16"),
+         lambda c: c.predict(np.zeros((4, 32, 32, 3), np.uint8))),
+    Case("frames-mixed-sizes", "InputError", ("mixed shapes", "(16, 16, 3)", "(8, 8, 3)", "H = W = 16"),
+         lambda c: c.predict([c.clip[0], np.zeros((8, 8, 3), np.uint8)])),
+    Case("frames-empty", "InputError", ("T = 0",),
+         lambda c: c.predict(np.zeros((0, 16, 16, 3), np.uint8))),
+    Case("frames-nan", "InputError", ("768 NaN or Inf", "finite", "[0, 1]"),
+         lambda c: c.predict(_floats(768, np.nan))),
+    Case("frames-inf", "InputError", ("1 NaN or Inf", "finite"),
+         lambda c: c.predict(_floats(1, np.inf))),
+    Case("frames-float-out-of-range", "InputError", ("[0, 1]", "[0.5, 2]"),
+         lambda c: c.predict(_floats(1, 2.0))),
+    # --- video files ---------------------------------------------------------------------------------
+    Case("video-empty-file", "InputError", ("empty.mp4", "0 bytes"),
+         lambda c: c.predict(c.file("empty.mp4", b""))),
+    Case("video-corrupt-file", "InputError", ("junk.mp4", "corrupt or not a .mp4 file"),
+         lambda c: c.predict(c.file("junk.mp4", b"not a video" * 50))),
+    Case("video-missing-file", "InputError", ("nope.mp4", "does not exist"),
+         lambda c: c.predict(c.tmp / "nope.mp4")),
+    Case("video-unknown-extension", "InputError", ("'.avi'", ".mp4, .webm"),
+         lambda c: c.predict(c.file("clip.avi", b"RIFF"))),
+    Case("video-shorter-than-cond", "InputError", ("cond=4", "needs 4 input frame(s)", "got 2"),
+         lambda c: c.predict(_gif(c, 2), cond=4, total=6)),
+    # --- lengths -------------------------------------------------------------------------------------
+    Case("total-above-max-frames", "InputError", ("total=9", "max_frames=8", "rollout"),
+         lambda c: c.predict(total=9)),
+    Case("cond-equals-total", "InputError", ("cond", "1..3", "got 4"),
+         lambda c: c.predict(cond=4, total=4)),
+    Case("cond-zero", "InputError", ("cond", ">= 1", "got 0"),
+         lambda c: c.predict(cond=0)),
+    Case("total-not-an-integer", "InputError", ("total", "integer", "'4'"),
+         lambda c: c.predict(total="4")),
+    Case("stride-one", "InputError", ("stride", ">= 2", "got 1"),
+         lambda c: c.pipe.interpolate(c.clip[:3], stride=1, steps=1)),
+    Case("given-index-out-of-range", "InputError", ("given index", "0..3", "got 9"),
+         lambda c: c.pipe.complete(c.clip[:1], given=[9], total=4, steps=1)),
+    Case("box-outside-image", "InputError", ("(0, 0, 99, 99)", "y1 <= 16"),
+         lambda c: c.pipe.inpaint(c.clip[:2], box=(0, 0, 99, 99), steps=1)),
+    # --- masks ---------------------------------------------------------------------------------------
+    Case("mask-wrong-spatial-size", "InputError", ("(5, 5)", "latent (8, 8)", "image (16, 16)"),
+         lambda c: c.run_mask(np.ones((4, 5, 5)))),
+    Case("mask-wrong-frame-count", "InputError", ("T = total = 4", "(3, 8, 8)"),
+         lambda c: c.run_mask(np.ones((3, 8, 8)), total=4)),
+    Case("mask-all-given", "InputError", ("gives every frame", "nothing to generate"),
+         lambda c: c.run_mask(np.zeros((4, 8, 8)))),
+    Case("mask-non-binary", "InputError", ("0 (given) or 1 (generate)", "[0.5]"),
+         lambda c: c.run_mask(np.full((4, 8, 8), 0.5))),
+    Case("mask-nan", "InputError", ("NaN", "0 (given) or 1 (generate)"),
+         lambda c: c.run_mask(np.full((4, 8, 8), np.nan))),
+    Case("mask-ragged-list", "InputError", ("mask", "mixed shapes", "[T, h, w]"),
+         lambda c: c.run_mask([np.ones((8, 8)), np.ones((8, 4))])),
+    Case("mask-batch-of-two", "InputError", ("mask batch must be 1", "got 2"),
+         lambda c: c.run_mask(np.ones((2, 4, 8, 8)))),
+    Case("mask-with-task", "InputError", ("user mask replaces the task", "drop task='predict'"),
+         lambda c: c.run_mask(np.ones((4, 8, 8)), task="predict")),
+    # --- sampling settings ---------------------------------------------------------------------------
+    Case("steps-zero", "InputError", ("steps", "1..1000", "got 0"), lambda c: c.predict(steps=0)),
+    Case("steps-negative", "InputError", ("steps", "1..1000", "got -3"), lambda c: c.predict(steps=-3)),
+    Case("steps-above-schedule", "InputError", ("steps", "1..1000", "got 5000"), lambda c: c.predict(steps=5000)),
+    Case("steps-float", "InputError", ("steps", "integer", "2.5"), lambda c: c.predict(steps=2.5)),
+    Case("unknown-sampler", "InputError", ("'euler'", "ddpm, ddim, dpmpp"), lambda c: c.predict(sampler="euler")),
+    Case("eta-without-ddim", "InputError", ("eta=0.3", "'ddim'", "'ddpm'"), lambda c: c.predict(eta=0.3)),
+    Case("eta-negative", "InputError", ("eta", ">= 0", "-1"), lambda c: c.predict(sampler="ddim", eta=-1.0)),
+    Case("unknown-task", "InputError", ("'zoom'", "predict, backward"),
+         lambda c: c.pipe.run(c.clip, task="zoom", total=4, steps=1)),
+    Case("seed-negative", "InputError", ("seed", "0..2**63-1", "-1"), lambda c: c.predict(seed=-1)),
+    Case("seed-huge", "InputError", ("seed", "0..2**63-1", "18446744073709551616"), lambda c: c.predict(seed=2**64)),
+    Case("seed-float", "InputError", ("seed", "integer", "1.5"), lambda c: c.predict(seed=1.5)),
+    # --- loading -------------------------------------------------------------------------------------
+    Case("unknown-backend", "InputError", ("'vulkan'", "auto, cpu, cuda, tensorrt"),
+         lambda c: Pipeline.load(c.bundle, backend="vulkan")),
+    Case("backend-not-a-string", "InputError", ("['cpu']", "auto, cpu, cuda, tensorrt"),
+         lambda c: Pipeline.load(c.bundle, backend=["cpu"])),
+    Case("unknown-precision", "InputError", ("'int4'", "available: fp32"),
+         lambda c: Pipeline.load(c.bundle, precision="int4")),
+    Case("threads-zero", "InputError", ("threads", "positive integer", "got 0"),
+         lambda c: Pipeline.load(c.bundle, backend="cpu", threads=0)),
+    # --- outputs -------------------------------------------------------------------------------------
+    Case("output-folder-missing", "InputError", ("nodir", "does not exist"),
+         lambda c: write_video(c.tmp / "nodir" / "out.mp4", c.clip)),
+    Case("output-folder-not-writable", "InputError", ("not writable",),
+         lambda c: write_video(_unwritable_folder(c.tmp) / "out.gif", c.clip)),
+    Case("output-unknown-extension", "InputError", ("'.avi'", ".mp4, .gif"),
+         lambda c: write_video(c.tmp / "out.avi", c.clip)),
+    Case("output-frames-not-uint8", "InputError", ("uint8 [T, H, W, 3]", "float64"),
+         lambda c: write_video(c.tmp / "out.gif", c.clip / 255.0)),
+    # --- bundles -------------------------------------------------------------------------------------
+    Case("bundle-folder-missing", "BundleError", ("nope", "does not exist", "manifest.json"),
+         lambda c: Bundle.load(c.tmp / "nope")),
+    Case("bundle-file-missing", "BundleError", ("'vae_encoder.onnx'", "missing"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: (p / "vae_encoder.onnx").unlink()))),
+    Case("bundle-file-tampered", "BundleError", ("'denoiser.onnx'", "hash check", "expected sha256"),
+         lambda c: Pipeline.load(_tamper(c.bundle_copy()), verify=True)),
+    Case("bundle-file-size-changed", "BundleError", ("'denoiser.onnx'", "bytes", "manifest says"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["files"]["denoiser.onnx"].update(size=1)))),
+    Case("bundle-format-version", "BundleError", ("format_version 7", "supports format_version 1"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: m.update(format_version=7)))),
+    Case("bundle-malformed-json", "BundleError", ("not valid JSON", "line 1 column"),
+         lambda c: Bundle.load(_malformed(c))),
+    Case("bundle-missing-key", "BundleError", ("model is missing", "max_frames"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["model"].pop("max_frames")))),
+    Case("bundle-stage-spec-malformed", "BundleError", ("stages.denoiser.inputs", "non-empty list", "5"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["stages"]["denoiser"].update(inputs=5)))),
+    Case("bundle-file-outside-folder", "BundleError", ("'../evil.onnx'", "relative path"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["files"].update({"../evil.onnx": {"sha256": "0"}})))),
+    Case("bundle-onnx-io-mismatch", "BundleError", ("denoiser.onnx", "('images', 'float32')",
+                                                    "manifest declares", "('latents', 'float32')"),
+         lambda c: Pipeline.load(c.bundle_copy(_swap_denoiser_for_encoder), backend="cpu")),
+    Case("bundle-onnx-unreadable", "BackendError", ("could not load", "denoiser.onnx"),
+         lambda c: Pipeline.load(c.bundle_copy(_garbage_denoiser), backend="cpu")),
+    # --- checkpoints (vdt_export) --------------------------------------------------------------------
+    Case("checkpoint-other-config", "CheckpointError", ("VDT-S/2", "depth=12", "depth=2"),
+         lambda c: _load_vdt(c, c.state_dict(), "VDT-S/2")),
+    Case("checkpoint-missing-key", "CheckpointError", ("missing ['blocks.1.temporal_fc.bias']",),
+         lambda c: _load_vdt(c, _without(c.state_dict(), "blocks.1.temporal_fc.bias"))),
+    Case("checkpoint-extra-key", "CheckpointError", ("unexpected ['blocks.0.attn.q_norm.weight']",),
+         lambda c: _load_vdt(c, _with_extra(c.state_dict(), "blocks.0.attn.q_norm.weight"))),
+    Case("checkpoint-not-vdt", "CheckpointError", ("no 'x_embedder.proj.weight'", "VDT state_dict"),
+         lambda c: _load_vdt(c, {"linear.weight": next(iter(c.state_dict().values()))})),
+    Case("checkpoint-pickled-object", "CheckpointError", ("evil.pt", "weights_only=True", "Unsupported global",
+                                                          "arbitrary pickled objects are refused"),
+         _pickled_checkpoint),
+    Case("checkpoint-truncated", "CheckpointError", ("cut.pt", "weights_only=True", "corrupted"),
+         _truncated_checkpoint),
+    Case("checkpoint-unknown-suffix", "CheckpointError", ("'.npz'", ".pt, .pth"),
+         lambda c: _checkpoint(c, "weights.npz")),
+]
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipeline):
+    return tiny_pipeline
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_gets_typed_error_naming_value_and_allowed(case, request, pipe, tiny_bundle, tmp_path):
+    ctx = Ctx(request, pipe, tiny_bundle, tmp_path)
+    with pytest.raises(Exception) as err:
+        case.action(ctx)
+    assert type(err.value).__name__ == case.error, f"{case.id}: {type(err.value).__name__}: {err.value}"
+    message = str(err.value)
+    for fragment in case.fragments:
+        assert fragment in message, f"{case.id}: {fragment!r} not in {message!r}"
+    assert "Traceback" not in message and "=== stderr ===" not in message and "\x1b[" not in message
+
+
+def test_every_error_is_a_vdt_error():
+    from vdt_runtime.errors import VDTError
+
+    for error in (InputError, BundleError, BackendError):
+        assert issubclass(error, VDTError)
+    checkpoint = pytest.importorskip("vdt_export.checkpoint")
+    assert issubclass(checkpoint.CheckpointError, VDTError)
+    assert issubclass(InputError, ValueError)  # a caller catching ValueError keeps working
+
+
+def _doc_rows() -> dict[str, tuple[str, str]]:
+    """docs/errors.md table rows: id -> (error type, example message)."""
+    rows = {}
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"\|\s*`([a-z0-9-]+)`\s*\|[^|]*\|\s*`?(\w+)`?\s*\|\s*(.*?)\s*\|\s*$", line)
+        if m:
+            rows[m.group(1)] = (m.group(2), m.group(3).replace("\\|", "|"))
+    return rows
+
+
+def test_docs_table_matches_catalogue():
+    rows = _doc_rows()
+    assert sorted(rows) == sorted(c.id for c in CASES)
+    for case in CASES:
+        error, example = rows[case.id]
+        assert error == case.error, case.id
+        for fragment in case.fragments:
+            assert fragment in example, f"docs/errors.md row {case.id}: {fragment!r} not in {example!r}"
