@@ -1,0 +1,122 @@
+"""Predict-task quality of a bundle on held-out bouncing-ball clips, against three baselines.
+
+    python benchmarks/eval_physics.py --bundle engines/default --clips 64 --steps 50 --sampler ddpm
+
+8 given frames → 8 generated. Metrics per clip: PSNR over the generated frames, and the ball-position
+error (centre of mass of non-background pixels, px) averaged over generated frames, at +1 and at +8.
+A frame with no ball found counts as MISSING_PX of error (and is reported). Baselines: a blank
+background, copying the last given frame, and constant-velocity extrapolation of the last two given
+centres rendered with the true ball. Differences are paired (same clips) with standard errors.
+Clip seeds start at bouncing.EVAL_SEED_BASE, which training never uses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vdt_export import bouncing  # noqa: E402  (numpy only)
+from vdt_runtime import Pipeline  # noqa: E402
+
+COND, TOTAL = 8, 16
+MISSING_PX = 16.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
+
+
+def position_errors(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per-frame centre distance [T] (missing ball → MISSING_PX) and how many frames had no ball."""
+    d = np.linalg.norm(bouncing.ball_centre(pred) - bouncing.ball_centre(truth), axis=-1)
+    missing = int(np.isnan(d).sum())
+    return np.where(np.isnan(d), MISSING_PX, d), missing
+
+
+def baselines(given: np.ndarray) -> dict[str, np.ndarray]:
+    """Generated-frame predictions [TOTAL-COND, H, W, 3] of each baseline from the given frames."""
+    k = TOTAL - COND
+    blank = np.broadcast_to(np.round(bouncing.BACKGROUND * 255).astype(np.uint8), given[:k].shape).copy()
+    centres = bouncing.ball_centre(given[-2:])
+    step = centres[1] - centres[0]
+    cv = bouncing.render(centres[1] + step * np.arange(1, k + 1)[:, None])
+    return {"blank": blank, "copy_last": np.repeat(given[-1:], k, axis=0), "const_velocity": cv}
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> str:
+    d = a - b
+    return f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f}"
+
+
+def evaluate(pipe: Pipeline, clips: int, steps: int, sampler: str, seed: int, progress: bool = True) -> dict:
+    rows: dict[str, dict[str, list]] = {}
+    missing: dict[str, int] = {}
+    t0 = time.perf_counter()
+    for i in range(clips):
+        truth = bouncing.clip(bouncing.EVAL_SEED_BASE + i)
+        given, future = truth[:COND], truth[COND:]
+        out = pipe.predict(given, cond=COND, total=TOTAL, steps=steps, sampler=sampler, seed=seed + i).frames
+        preds = {"model": out[COND:], **baselines(given)}
+        for name, pred in preds.items():
+            err, miss = position_errors(pred, future)
+            r = rows.setdefault(name, {"psnr": [], "pos": [], "pos+1": [], "pos+8": []})
+            r["psnr"].append(psnr(pred, future))
+            r["pos"].append(err.mean())
+            r["pos+1"].append(err[0])
+            r["pos+8"].append(err[-1])
+            missing[name] = missing.get(name, 0) + miss
+        if progress:
+            print(f"\r{i + 1}/{clips} clips", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    arr = {n: {k: np.asarray(v) for k, v in r.items()} for n, r in rows.items()}
+    return {"arrays": arr, "missing": missing, "seconds": time.perf_counter() - t0}
+
+
+def report(res: dict, clips: int) -> str:
+    arr, missing = res["arrays"], res["missing"]
+    frames = clips * (TOTAL - COND)
+    lines = ["| predictor | PSNR dB | pos err px | at +1 | at +8 | frames without a ball |", "|---|---|---|---|---|---|"]
+    for name, r in arr.items():
+        pos = "n/a" if name == "blank" else f"{r['pos'].mean():.2f}"
+        at1 = "n/a" if name == "blank" else f"{r['pos+1'].mean():.2f}"
+        at8 = "n/a" if name == "blank" else f"{r['pos+8'].mean():.2f}"
+        lines.append(f"| {name} | {r['psnr'].mean():.2f} | {pos} | {at1} | {at8} | {missing[name]}/{frames} |")
+    lines += ["", "| model minus | PSNR dB (higher is better) | pos err px (lower is better) |", "|---|---|---|"]
+    m = arr["model"]
+    for name in ("blank", "copy_last", "const_velocity"):
+        b = arr[name]
+        pos = "n/a" if name == "blank" else paired(m["pos"], b["pos"])
+        lines.append(f"| {name} | {paired(m['psnr'], b['psnr'])} | {pos} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default="engines/default")
+    ap.add_argument("--clips", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--sampler", default="ddpm")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--precision", default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write the per-predictor means here")
+    args = ap.parse_args(argv)
+    pipe = Pipeline.load(args.bundle, backend=args.backend, precision=args.precision)
+    res = evaluate(pipe, args.clips, args.steps, args.sampler, args.seed)
+    print(f"bundle {args.bundle} · {args.clips} held-out clips · {args.sampler} {args.steps} steps · "
+          f"providers {pipe.providers['denoiser']} · {res['seconds']:.1f} s")
+    print(report(res, args.clips))
+    if args.json:
+        means = {n: {k: float(v.mean()) for k, v in r.items()} for n, r in res["arrays"].items()}
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "means": means}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
