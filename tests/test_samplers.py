@@ -65,7 +65,7 @@ def _ddpm_reference(x, timesteps, noise_seed, learned=True, v=False):
             log_var = f * np.log(beta[i]) + (1 - f) * log_post[i]
         else:
             log_var = log_post[i]
-        x = mean + (np.exp(0.5 * log_var) * noise.standard_normal(x.shape) if i > 0 else 0.0)
+        x = mean + (np.exp(0.5 * log_var) * noise.standard_normal(x.shape, dtype=np.float32) if i > 0 else 0.0)
     return x
 
 
@@ -78,7 +78,7 @@ def _ddim_reference(x, timesteps, eta, noise_seed, learned=True, v=False):
         sigma = eta * np.sqrt((1 - ac_prev[i]) / (1 - ac[i])) * np.sqrt(1 - ac[i] / ac_prev[i])
         x = np.sqrt(ac_prev[i]) * x0 + np.sqrt(1 - ac_prev[i] - sigma**2) * eps
         if i > 0 and eta > 0:
-            x = x + sigma * noise.standard_normal(x.shape)
+            x = x + sigma * noise.standard_normal(x.shape, dtype=np.float32)
     return x
 
 

@@ -40,6 +40,8 @@ class Model:
             raise InputError(f"callback must be callable or None, got {type(callback).__name__}")
         self.x_T = _check_latents("x_T", x_T, None)  # float64 [B,T,C,h,w]
         self.mask, self.x_given = _check_mask(mask, x_given, self.x_T.shape)
+        binary = self.mask is not None and bool(np.all((self.mask == 0) | (self.mask == 1)))
+        self._generate = self.mask == 1 if binary else None  # bool [1|B, T, 1, h, w]: one np.where per call
         self.denoise, self.schedule, self.rng, self.callback = denoise, schedule, rng, callback
         b, t, c, h, w = self.x_T.shape
         self.channels = c
@@ -70,14 +72,16 @@ class Model:
         return Prediction(eps, x0, var)
 
     def noise(self) -> np.ndarray:
-        """Standard normal noise shaped like the state, float64, from the caller's Generator."""
-        return self.rng.standard_normal(self.x_T.shape)
+        """Standard normal noise shaped like the state, drawn in float32 (half the cost), from the caller's Generator."""
+        return self.rng.standard_normal(self.x_T.shape, dtype=np.float32)
 
     def composite(self, x: np.ndarray) -> np.ndarray:
         """x_given·(1 − mask) + x·mask as float32; given cells are copied exactly, not recomputed."""
         x = x.astype(np.float32)
         if self.mask is None:
             return x
+        if self._generate is not None:
+            return np.where(self._generate, x, self.x_given)
         m, g = self.mask, self.x_given
         blend = g * (1.0 - m) + x * m
         return np.where(m <= 0.0, g, np.where(m >= 1.0, x, blend))
