@@ -1,0 +1,112 @@
+"""Benchmark plumbing: machine description, interleaved median timing, markdown tables, random bundles."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+COLUMNS = ("what", "device", "providers", "precision", "batch", "frames", "steps", "time", "ratio vs torch")
+
+
+def machine() -> str:
+    """One line: CPU model, cores, date (UTC), library versions."""
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), model)
+    except OSError:
+        pass
+    import numpy
+    import onnxruntime
+
+    versions = f"numpy {numpy.__version__}, onnxruntime {onnxruntime.__version__}"
+    if "torch" in sys.modules:
+        versions += f", torch {sys.modules['torch'].__version__} ({sys.modules['torch'].get_num_threads()} threads)"
+    return (f"{model}, {os.cpu_count()} cores · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · "
+            f"Python {platform.python_version()}, {versions}")
+
+
+def training_running() -> bool:
+    """True if a `train_tiny` process shares the machine (numbers are then provisional)."""
+    out = subprocess.run(["pgrep", "-f", "vdt_export.train_tiny"], capture_output=True, text=True, check=False)
+    return bool(out.stdout.strip())
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each contender, run round-robin (A B C A B C …) so machine load hits all alike."""
+    for _ in range(warmup):
+        for fn in contenders.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def table(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
+    """A markdown table of `rows` (dicts keyed by column name; missing cells print as '')."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def random_bundle(out_dir: Path, config, vae_config: dict, *, diffusion: dict | None = None, seed: int = 0,
+                  scale_factor: float = 0.18215, int8: bool = True):
+    """Export a bundle of a randomised VDT (`config`) + VAE (`vae_config`) to out_dir, plus its INT8 denoiser.
+    Returns (vdt, vae) — the torch modules holding the very same weights."""
+    from vdt_export.bundle import export_bundle
+    from vdt_export.checkpoint import randomize_
+    from vdt_export.models import VDT
+    from vdt_export.quantize import quantize_bundle
+    from vdt_export.vae import build_vae, downsample_factor
+
+    vdt = randomize_(VDT(config), seed=seed).eval()
+    vae = randomize_(build_vae(vae_config), seed=seed + 1).eval()
+    export_bundle(vdt, vae, out_dir, name=out_dir.name, image_size=config.input_size * downsample_factor(vae),
+                  scale_factor=scale_factor, diffusion=diffusion, training={"source": "random-init", "seed": seed})
+    if int8:
+        quantize_bundle(out_dir)
+    return vdt, vae
+
+
+def write_checkpoint(folder: Path, vdt, vae, scale_factor: float) -> Path:
+    """The checkpoints/<name>/ layout TorchPipeline.from_checkpoint reads: vdt.safetensors, vae.safetensors,
+    vae_config.json, scale.json (and vdt_config.json for the heads)."""
+    import json
+
+    from vdt_export.checkpoint import save_state_dict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_state_dict(vdt, folder / "vdt.safetensors")
+    save_state_dict(vae, folder / "vae.safetensors")
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(vae.config).items() if not k.startswith("_")}
+    atomic_write_text(folder / "vae_config.json", json.dumps(config))
+    atomic_write_text(folder / "scale.json", json.dumps({"scale_factor": scale_factor}))
+    atomic_write_text(folder / "vdt_config.json", json.dumps(vdt.config.to_dict()))
+    return folder
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write UTF-8 text to `path` via a temp file renamed into place."""
+    from vdt_runtime._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
