@@ -102,3 +102,12 @@ def test_run_checks_input_names_and_wraps_failures(bundle):
         b.run({"x": np.zeros((1, 4, 8, 8), np.float32)})
     with pytest.raises(BackendError, match="vae_decoder"):
         b.run({"latents": np.zeros((1, 5, 8, 8), np.float32)})
+
+
+def test_spinning_option_reaches_the_session_and_is_validated(tiny_bundle):
+    from vdt_runtime.backends.ort import session_options
+
+    assert session_options(spinning=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    with pytest.raises(InputError, match="spinning must be True or False"):
+        session_options(spinning="no")

@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--backend", default="auto", choices=list(BACKENDS), help="execution backend")
         sp.add_argument("--precision", default=None, help="stage files to use (default: the bundle's)")
         sp.add_argument("--threads", type=int, default=None, help="intra-op threads (default: onnxruntime's)")
+        sp.add_argument("--no-spinning", dest="spinning", action="store_false",
+                        help="idle onnxruntime threads sleep instead of busy-waiting (helps on a busy machine)")
 
     r = sub.add_parser("run", help="generate a video for a task")
     r.add_argument("--task", required=True, choices=CLI_TASKS)
@@ -108,7 +110,7 @@ def _load(args, *, verify: bool = False):
     from vdt_runtime.pipeline import Pipeline
 
     return Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, threads=args.threads,
-                         verify=verify)
+                         spinning=args.spinning, verify=verify)
 
 
 def _run(args) -> int:

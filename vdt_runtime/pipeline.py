@@ -65,10 +65,12 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, backend: str = "auto", precision: str | None = None,
-             threads: int | None = None, graph_optimization: str = "all", verify: bool = False) -> "Pipeline":
+             threads: int | None = None, graph_optimization: str = "all", spinning: bool = True,
+             verify: bool = False) -> "Pipeline":
         """Open a bundle (default: engines/default) with `backend` auto | cpu | cuda | tensorrt.
 
         `precision` picks the stage files (e.g. "int8"); stages without that precision keep the bundle's.
+        `threads`, `graph_optimization` and `spinning` are onnxruntime session options (see BENCHMARKS.md).
         """
         bundle = Bundle.load(default_bundle_path() if path is None else path, verify=verify)
         if precision is not None and not any(precision in bundle.precisions(s) for s in STAGES):
@@ -78,7 +80,7 @@ class Pipeline:
         for stage in STAGES:
             p = precision if precision in bundle.precisions(stage) else bundle.precision
             backends[stage] = open_backend(bundle, stage, backend, p, threads=threads,
-                                           graph_optimization=graph_optimization)
+                                           graph_optimization=graph_optimization, spinning=spinning)
         return cls(bundle, backends)
 
     @property

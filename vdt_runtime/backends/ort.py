@@ -47,18 +47,23 @@ def provider_list(backend: str) -> list[str]:
     return wanted
 
 
-def session_options(threads: int | None = None, graph_optimization: str = "all") -> ort.SessionOptions:
-    """SessionOptions with `threads` intra-op threads (None: onnxruntime's default) and an optimisation level."""
+def session_options(threads: int | None = None, graph_optimization: str = "all",
+                    spinning: bool = True) -> ort.SessionOptions:
+    """SessionOptions: `threads` intra-op threads (None: onnxruntime's default), an optimisation level, and
+    whether idle pool threads busy-wait (`spinning`; off frees the cores for the NumPy loop between calls)."""
     if graph_optimization not in GRAPH_OPTIMIZATION:
         raise InputError(
             f"unknown graph_optimization {graph_optimization!r}; choose one of {', '.join(GRAPH_OPTIMIZATION)}"
         )
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads must be a positive integer or None, got {threads!r}")
+    if not isinstance(spinning, bool):
+        raise InputError(f"spinning must be True or False, got {spinning!r}")
     so = ort.SessionOptions()
     so.graph_optimization_level = GRAPH_OPTIMIZATION[graph_optimization]
     if threads is not None:
         so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     so.log_severity_level = 3  # errors only; provider fallbacks are reported by us, once
     return so
 
@@ -69,13 +74,13 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, stage: str, backend: str = "auto", precision: str | None = None, *,
-                 threads: int | None = None, graph_optimization: str = "all"):
+                 threads: int | None = None, graph_optimization: str = "all", spinning: bool = True):
         spec = bundle.stage(stage)
         self.stage, self.precision = stage, precision or bundle.precision
         self.inputs, self.outputs = spec.inputs, spec.outputs
         self.requested = provider_list(backend)
         path = bundle.file_path(stage, self.precision)
-        options = session_options(threads, graph_optimization)
+        options = session_options(threads, graph_optimization, spinning)
         self.session, log = _create_session(str(path), options, self.requested)
         self.providers = tuple(self.session.get_providers())
         self._check_io(path.name)
