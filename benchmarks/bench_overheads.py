@@ -4,7 +4,8 @@
 
 1. Share of predict wall time spent outside the ONNX Runtime calls (NumPy sampler, mask assembly, validation,
    uint8 conversion), from the pipeline's own per-stage timings; per step, the NumPy sampler time vs the
-   denoiser call time. Target ≤ 1 %.
+   denoiser call time. Target ≤ 1 %. `--spinning both` (default) measures it with onnxruntime's intra-op
+   spinning on (its default) and off (`Pipeline.load(..., spinning=False)`).
 2. Cold start in a fresh interpreter: `import vdt_runtime` + `Pipeline.load` (target ≤ 1 s); torch: `import torch,
    diffusers` + loading the checkpoint.
 3. Peak RSS (/proc VmHWM; ru_maxrss also shown) of a fresh process doing one full predict (8 → 16 frames, DDPM): target ≤ 300 MiB.
@@ -79,12 +80,13 @@ def _models(args, tmp: Path) -> tuple[Path, Path, str]:
     return tmp / "default-random", tmp / "ckpt", "train_tiny configs, RANDOM weights (engines/default missing)"
 
 
-def outside_share(bundle: Path, steps: int, repeats: int) -> list[dict]:
-    """Rows: where predict's wall time goes, from the pipeline's own timings (median over repeats)."""
+def outside_share(bundle: Path, steps: int, repeats: int, spinning: bool = True) -> list[dict]:
+    """Rows: where predict's wall time goes, from the pipeline's own timings (median over repeats).
+    `spinning` is the onnxruntime intra-op busy-wait session option (Pipeline.load(..., spinning=...))."""
     from vdt_export import bouncing
     from vdt_runtime import Pipeline
 
-    pipe = Pipeline.load(bundle, backend="cpu")
+    pipe = Pipeline.load(bundle, backend="cpu", spinning=spinning)
     frames = bouncing.clip(bouncing.EVAL_SEED_BASE)[:COND]
     samples = []
     for _ in range(repeats + 1):  # the first is a warm-up
@@ -98,7 +100,8 @@ def outside_share(bundle: Path, steps: int, repeats: int) -> list[dict]:
     backend = stage["denoiser"] + stage["vae_encoder"] + stage["vae_decoder"]
     outside = median([w - t["denoiser"] - t.get("vae_encoder", 0) - t.get("vae_decoder", 0) for w, t in samples])
     prov = ", ".join(pipe.providers["denoiser"])
-    return [
+    tag = "" if spinning else "[spinning=False] "
+    rows = [
         {"measure": "predict wall time", "value": f"{wall:.3f} s", "target": "", "providers": prov},
         {"measure": "  in backend calls (denoiser + VAE)", "value": f"{backend:.3f} s", "target": "", "providers": prov},
         {"measure": "  outside backend calls (NumPy sampler, masks, checks, uint8)",
@@ -108,6 +111,9 @@ def outside_share(bundle: Path, steps: int, repeats: int) -> list[dict]:
                   f"{100 * stage['sampler'] / (stage['sampler'] + stage['denoiser']):.2f} % of a step",
          "target": "≤ 1 %", "providers": prov},
     ]
+    for r in rows:
+        r["measure"] = r["measure"].replace("  ", "  " + tag, 1) if r["measure"].startswith("  ") else tag + r["measure"]
+    return rows
 
 
 def main(argv=None):
@@ -116,11 +122,14 @@ def main(argv=None):
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--spinning", choices=["on", "off", "both"], default="both",
+                    help="onnxruntime intra-op spinning for the outside-backend share (default: both, on first)")
     args = ap.parse_args(argv)
     here = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="vdt-overheads-") as tmp:
         bundle, ckpt, source = _models(args, Path(tmp))
-        share = outside_share(bundle, args.steps, args.repeats)
+        share = [row for spin in {"on": [True], "off": [False], "both": [True, False]}[args.spinning]
+                 for row in outside_share(bundle, args.steps, args.repeats, spinning=spin)]
         cold = {"ORT": [], "torch": []}
         for _ in range(args.repeats):  # interleaved
             cold["ORT"].append(_child(_ORT_CHILD, bundle, 0))

@@ -26,7 +26,7 @@ from _common import ROOT, interleaved, machine, median, table, training_running 
 
 COND, TOTAL = 8, 16
 VARIANTS = {"threads=1": dict(threads=1), "threads=2": dict(threads=2), "opt=basic": dict(graph_optimization="basic"),
-            "opt=extended": dict(graph_optimization="extended")}
+            "opt=extended": dict(graph_optimization="extended"), "spinning=False": dict(spinning=False)}
 
 
 def _int8_copy(bundle: Path, tmp: Path) -> Path:
