@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from vdt_export import bouncing
 from vdt_export.models import VDT, VDTConfig
+from vdt_runtime.schedule import make_schedule
 
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=32,
@@ -144,12 +145,6 @@ def sample_mask(rng: np.random.Generator, t: int, h: int, w: int) -> np.ndarray:
     return m
 
 
-def linear_alphas_cumprod(n: int = 1000) -> torch.Tensor:
-    scale = 1000.0 / n
-    betas = np.linspace(scale * 1e-4, scale * 0.02, n, dtype=np.float64)
-    return torch.from_numpy(np.cumprod(1.0 - betas))
-
-
 def train_vdt(run: Path, latents: torch.Tensor, scale: float, minutes: float, batch: int, seed: int, lr: float):
     path = run / "vdt.pt"
     model = VDT(VDT_CONFIG)
@@ -168,7 +163,7 @@ def train_vdt(run: Path, latents: torch.Tensor, scale: float, minutes: float, ba
     else:
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-    acp = linear_alphas_cumprod().float()
+    acp = torch.from_numpy(make_schedule(DIFFUSION["num_timesteps"]).alphas_cumprod).float()  # the sampler's ᾱ
     n, t, c, h, w = latents.shape
     t0 = time.time() - spent
     last_save = time.time()
