@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from vdt_runtime._atomic import atomic_dir, atomic_path
 from vdt_runtime.bundle import sha256_file as hash_file  # re-exported: one hashing routine for both sides
-from vdt_runtime.errors import InputError
+from vdt_runtime.errors import BundleError, InputError
 
 from . import __version__
 from .models import VDT
@@ -35,6 +35,14 @@ def external_data_files(onnx_path: str | os.PathLike) -> list[str]:
              if init.data_location == onnx.TensorProto.EXTERNAL
              for entry in init.external_data if entry.key == "location"}
     return sorted(names)
+
+
+def read_manifest(bundle_dir: str | os.PathLike) -> dict:
+    """The raw manifest.json of a bundle folder, for tools that amend it (verify, quantize)."""
+    path = Path(bundle_dir) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"no {MANIFEST} in {str(bundle_dir)!r}; is it a bundle folder?")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def write_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> Path:

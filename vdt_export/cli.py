@@ -120,7 +120,8 @@ def _cmd_quantize(args) -> int:
 
 def _cmd_verify(args) -> int:
     from .checkpoint import load_vdt
-    from .verify import read_manifest, verify_bundle
+    from .bundle import read_manifest
+    from .verify import verify_bundle
 
     model = dict(read_manifest(args.bundle)["model"])
     max_frames = model.pop("max_frames")

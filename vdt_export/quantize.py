@@ -11,7 +11,6 @@ stages.denoiser.files["int8"] and a files entry with sha256 and size; both files
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -23,7 +22,7 @@ import onnx
 
 from vdt_runtime.errors import BundleError, InputError
 
-from .bundle import MANIFEST, write_manifest
+from .bundle import MANIFEST, read_manifest, write_manifest
 
 INT8_FILE = "denoiser.int8.onnx"
 MODES = ("dynamic", "static")
@@ -83,12 +82,9 @@ def quantization_error(bundle_dir: str | os.PathLike, *, precision: str = "int8"
 
 
 def _read_manifest(bundle_dir: Path) -> dict:
-    path = bundle_dir / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{str(bundle_dir)!r} has no {MANIFEST}; is it a bundle folder?")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest = read_manifest(bundle_dir)
     if "denoiser" not in manifest.get("stages", {}):
-        raise BundleError(f"{path} has no stages.denoiser")
+        raise BundleError(f"{bundle_dir / MANIFEST} has no stages.denoiser")
     return manifest
 
 

@@ -1,7 +1,6 @@
 """Parity check of a bundle: torch vs onnxruntime on the same random inputs, per stage and per (B, T)."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,9 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vdt_runtime.errors import BundleError
-
-from .bundle import MANIFEST, hash_file
+from .bundle import hash_file, read_manifest
 from .models import VDT
 from .vae import VAEDecoder, VAEEncoder
 
@@ -51,13 +48,6 @@ class Report:
         lines += [f"providers[{stage}]: {', '.join(p)}" for stage, p in self.providers.items()]
         lines += [f"problem: {p}" for p in self.problems]
         return "\n".join(lines)
-
-
-def read_manifest(bundle_dir: str | os.PathLike) -> dict:
-    path = Path(bundle_dir) / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"no {MANIFEST} in {str(bundle_dir)!r}")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def denoiser_cases(max_frames: int) -> list[tuple[int, int]]:
