@@ -86,23 +86,6 @@ def random_bundle(out_dir: Path, config, vae_config: dict, *, diffusion: dict | 
     return vdt, vae
 
 
-def write_checkpoint(folder: Path, vdt, vae, scale_factor: float) -> Path:
-    """The checkpoints/<name>/ layout TorchPipeline.from_checkpoint reads: vdt.safetensors, vae.safetensors,
-    vae_config.json, scale.json (and vdt_config.json for the heads)."""
-    import json
-
-    from vdt_export.checkpoint import save_state_dict
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_state_dict(vdt, folder / "vdt.safetensors")
-    save_state_dict(vae, folder / "vae.safetensors")
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(vae.config).items() if not k.startswith("_")}
-    atomic_write_text(folder / "vae_config.json", json.dumps(config))
-    atomic_write_text(folder / "scale.json", json.dumps({"scale_factor": scale_factor}))
-    atomic_write_text(folder / "vdt_config.json", json.dumps(vdt.config.to_dict()))
-    return folder
-
-
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write UTF-8 text to `path` via a temp file renamed into place."""
     from vdt_runtime._atomic import atomic_path

@@ -72,11 +72,12 @@ def _models(args, tmp: Path) -> tuple[Path, Path, str]:
     """(bundle, checkpoint folder, description): the real default model, or random ones in tmp."""
     if args.bundle.joinpath("manifest.json").is_file() and args.checkpoint.joinpath("vdt.safetensors").is_file():
         return args.bundle, args.checkpoint, f"{args.bundle} (trained)"
-    from _common import random_bundle, write_checkpoint
+    from _common import random_bundle
+    from vdt_export.checkpoint import save_checkpoint_folder
     from vdt_export.train_tiny import DIFFUSION, VAE_CONFIG, VDT_CONFIG
 
     vdt, vae = random_bundle(tmp / "default-random", VDT_CONFIG, VAE_CONFIG, diffusion=DIFFUSION, int8=False)
-    write_checkpoint(tmp / "ckpt", vdt, vae, 0.18215)
+    save_checkpoint_folder(tmp / "ckpt", vdt, vae, scale_factor=0.18215, diffusion=DIFFUSION)
     return tmp / "default-random", tmp / "ckpt", "train_tiny configs, RANDOM weights (engines/default missing)"
 
 

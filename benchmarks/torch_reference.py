@@ -75,18 +75,16 @@ class TorchPipeline:
 
     @classmethod
     def from_checkpoint(cls, folder: str | os.PathLike, diffusion: dict | None = None) -> "TorchPipeline":
-        """checkpoints/<name>/{vdt.safetensors, vae.safetensors, vae_config.json, scale.json}."""
+        """A folder written by vdt_export.checkpoint.save_checkpoint_folder (e.g. checkpoints/default)."""
         from vdt_export.checkpoint import load_vdt
         from vdt_export.vae import load_vae
 
         folder = Path(folder)
-        scale = json.loads((folder / "scale.json").read_text())
-        scale = float(scale["scale_factor"] if isinstance(scale, dict) else scale)
-        vdt = load_vdt(folder / "vdt.safetensors", num_heads=_heads(folder))
+        meta = json.loads((folder / "scale.json").read_text())
+        heads = json.loads((folder / "vdt_config.json").read_text())["num_heads"]
+        vdt = load_vdt(folder / "vdt.safetensors", num_heads=heads)
         vae = load_vae(folder / "vae.safetensors", folder / "vae_config.json")
-        if diffusion is None:
-            from vdt_export.train_tiny import DIFFUSION as diffusion
-        return cls(vdt, vae, scale_factor=scale, diffusion=diffusion)
+        return cls(vdt, vae, scale_factor=meta["scale_factor"], diffusion=diffusion or meta["diffusion"])
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> torch.Tensor:
@@ -119,13 +117,3 @@ class TorchPipeline:
         d = self.diffusion
         return dict(num_timesteps=d.get("num_timesteps", 1000), prediction_type=d.get("prediction_type", "epsilon"),
                     variance_type=d.get("variance_type", "learned_range"))
-
-
-def _heads(folder: Path) -> int | None:
-    """num_heads from an optional vdt_config.json beside the weights, else the default model's."""
-    path = folder / "vdt_config.json"
-    if path.is_file():
-        return int(json.loads(path.read_text())["num_heads"])
-    from vdt_export.train_tiny import VDT_CONFIG
-
-    return VDT_CONFIG.num_heads

@@ -152,3 +152,21 @@ def test_load_vae_from_folder_and_from_file(tmp_path):
         load_vae(tmp_path / "vae.safetensors", {**tiny_vae_config(), "block_out_channels": (8, 32)})
     with pytest.raises(CheckpointError, match="no config.json"):
         load_vae(tmp_path)
+
+
+def test_checkpoint_folder_round_trip(tiny_models, tmp_path):
+    import json
+
+    from vdt_export.checkpoint import load_vdt, save_checkpoint_folder
+    from vdt_export.vae import load_vae
+
+    vdt, vae = tiny_models
+    folder = save_checkpoint_folder(tmp_path / "ckpt", vdt, vae, scale_factor=0.5, diffusion={"prediction_type": "v"})
+    meta = json.loads((folder / "scale.json").read_text())
+    assert meta == {"scale_factor": 0.5, "diffusion": {"prediction_type": "v"}}
+    heads = json.loads((folder / "vdt_config.json").read_text())["num_heads"]
+    again = load_vdt(folder / "vdt.safetensors", num_heads=heads)
+    assert again.config == vdt.config
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), vdt.state_dict().values()))
+    vae2 = load_vae(folder / "vae.safetensors", folder / "vae_config.json")
+    assert all(torch.equal(a, b) for a, b in zip(vae2.state_dict().values(), vae.state_dict().values()))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import pickle
@@ -95,6 +96,21 @@ def save_state_dict(model: nn.Module | Mapping[str, torch.Tensor], path: str | o
         else:
             torch.save(state, tmp)
     return path
+
+
+def save_checkpoint_folder(folder: str | os.PathLike, vdt: VDT, vae: nn.Module, *, scale_factor: float,
+                           diffusion: Mapping) -> Path:
+    """The torch twin of a bundle: vdt.safetensors, vae.safetensors, vdt_config.json, vae_config.json and
+    scale.json ({"scale_factor", "diffusion"}); the PyTorch reference benchmark loads exactly this."""
+    folder = Path(folder)
+    save_state_dict(vdt, folder / "vdt.safetensors")
+    save_state_dict(vae, folder / "vae.safetensors")
+    vae_config = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    for name, blob in (("vdt_config.json", vdt.config.to_dict()), ("vae_config.json", vae_config),
+                       ("scale.json", {"scale_factor": float(scale_factor), "diffusion": dict(diffusion)})):
+        with atomic_path(folder / name) as tmp:
+            tmp.write_text(json.dumps(blob, indent=1) + "\n", encoding="utf-8")
+    return folder
 
 
 def infer_config(state_dict: Mapping[str, torch.Tensor], name: str | None = None, **overrides) -> VDTConfig:

@@ -230,6 +230,7 @@ def main(argv=None):
         train_vdt(args.out, latents, scale, args.minutes, args.batch, args.seed, args.lr)
         return
     from vdt_export.bundle import export_bundle
+    from vdt_export.checkpoint import save_checkpoint_folder
 
     state = torch.load(args.out / "vdt.pt", weights_only=False)
     model = VDT(VDT_CONFIG)
@@ -242,25 +243,8 @@ def main(argv=None):
                     objective="unified mask, v-prediction, EMA 0.999")
     export_bundle(model.eval(), vae, args.export, name=args.export.name, image_size=bouncing.SIZE,
                   scale_factor=scale, diffusion=DIFFUSION, training=training)
-    save_checkpoints(model, vae, scale, args.checkpoints)
+    save_checkpoint_folder(args.checkpoints, model, vae, scale_factor=scale, diffusion=DIFFUSION)
     print(f"exported {args.export} and {args.checkpoints}")
-
-
-def save_checkpoints(model, vae, scale: float, folder: Path):
-    """Torch weights as safetensors state_dicts, plus vae_config.json and scale.json (scale, configs)."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, module in (("vdt", model), ("vae", vae)):
-        tmp = folder / f".{name}.safetensors.tmp"
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
-        os.replace(tmp, folder / f"{name}.safetensors")
-    vae_config = {k: list(v) if isinstance(v, tuple) else v for k, v in VAE_CONFIG.items()}
-    meta = {"scale_factor": scale, "vdt_config": VDT_CONFIG.to_dict(), "diffusion": DIFFUSION}
-    for name, blob in (("vae_config.json", vae_config), ("scale.json", meta)):
-        tmp = folder / f".{name}.tmp"
-        tmp.write_text(json.dumps(blob, indent=1))
-        os.replace(tmp, folder / name)
 
 
 if __name__ == "__main__":
