@@ -16,9 +16,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, table, training_running  # noqa: E402
 from eval_physics import evaluate, paired  # noqa: E402
 
-RUNS = [("ddpm", 250), ("ddpm", 100), ("ddpm", 50), ("ddim", 10), ("ddim", 20), ("ddim", 50),
-        ("dpmpp", 10), ("dpmpp", 20), ("dpmpp", 50)]
-REFERENCE = ("ddpm", 250)
+RUNS = [("ddpm", 250, 0.0), ("ddpm", 100, 0.0), ("ddpm", 50, 0.0), ("ddim", 10, 0.0), ("ddim", 20, 0.0),
+        ("ddim", 50, 0.0), ("dpmpp", 10, 0.0), ("dpmpp", 20, 0.0), ("dpmpp", 50, 0.0),
+        ("dpmpp", 10, 1.0), ("dpmpp", 20, 1.0), ("dpmpp", 50, 1.0)]
+REFERENCE = ("ddpm", 250, 0.0)
+
+
+def parse_run(text: str) -> tuple[str, int, float]:
+    """'sampler:steps' or 'sampler:steps:eta' → (sampler, steps, eta)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"expected sampler:steps[:eta], got {text!r}")
+    return parts[0], int(parts[1]), float(parts[2]) if len(parts) == 3 else 0.0
 
 
 def main(argv=None):
@@ -27,9 +36,9 @@ def main(argv=None):
     ap.add_argument("--clips", type=int, default=32)
     ap.add_argument("--precision", default=None, help="e.g. int8 (default: the bundle's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--runs", nargs="+", default=[f"{s}:{n}" for s, n in RUNS], help="sampler:steps …")
+    ap.add_argument("--runs", nargs="+", type=parse_run, default=RUNS, help="sampler:steps[:eta] …")
     args = ap.parse_args(argv)
-    runs = [(r.split(":")[0], int(r.split(":")[1])) for r in args.runs]
+    runs = list(args.runs)
     if REFERENCE not in runs:
         runs.insert(0, REFERENCE)
 
@@ -37,15 +46,15 @@ def main(argv=None):
 
     pipe = Pipeline.load(args.bundle, backend="cpu", precision=args.precision)
     results = {}
-    for sampler, steps in runs:
-        print(f"{sampler} {steps} steps …", file=sys.stderr, flush=True)
-        results[(sampler, steps)] = evaluate(pipe, args.clips, steps, sampler, args.seed, progress=False)
+    for sampler, steps, eta in runs:
+        print(f"{sampler} {steps} steps η={eta:g} …", file=sys.stderr, flush=True)
+        results[(sampler, steps, eta)] = evaluate(pipe, args.clips, steps, sampler, args.seed, progress=False, eta=eta)
     ref = results[REFERENCE]["arrays"]["model"]
     rows = []
-    for (sampler, steps), res in results.items():
+    for (sampler, steps, eta), res in results.items():
         m = res["arrays"]["model"]
         rel = (m["pos"].mean() - ref["pos"].mean()) / ref["pos"].mean()
-        rows.append({"sampler": sampler, "steps": steps, "PSNR dB": f"{m['psnr'].mean():.2f}",
+        rows.append({"sampler": sampler, "η": f"{eta:g}", "steps": steps, "PSNR dB": f"{m['psnr'].mean():.2f}",
                      "pos err px": f"{m['pos'].mean():.2f}", "at +8": f"{m['pos+8'].mean():.2f}",
                      "missing ball": f"{res['missing']['model']}/{args.clips * 8}",
                      "Δ pos err vs DDPM-250 (paired)": paired(m["pos"], ref["pos"]),

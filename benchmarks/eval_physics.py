@@ -54,14 +54,16 @@ def paired(a: np.ndarray, b: np.ndarray) -> str:
     return f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f}"
 
 
-def evaluate(pipe: Pipeline, clips: int, steps: int, sampler: str, seed: int, progress: bool = True) -> dict:
+def evaluate(pipe: Pipeline, clips: int, steps: int, sampler: str, seed: int, progress: bool = True,
+             eta: float = 0.0) -> dict:
     rows: dict[str, dict[str, list]] = {}
     missing: dict[str, int] = {}
     t0 = time.perf_counter()
     for i in range(clips):
         truth = bouncing.clip(bouncing.EVAL_SEED_BASE + i)
         given, future = truth[:COND], truth[COND:]
-        out = pipe.predict(given, cond=COND, total=TOTAL, steps=steps, sampler=sampler, seed=seed + i).frames
+        out = pipe.predict(given, cond=COND, total=TOTAL, steps=steps, sampler=sampler, eta=eta,
+                           seed=seed + i).frames
         preds = {"model": out[COND:], **baselines(given)}
         for name, pred in preds.items():
             err, miss = position_errors(pred, future)

@@ -54,7 +54,7 @@ def test_inpaint_keeps_pixels_outside_the_box(pipe, clip):
     assert (result.frames[1][~keep] != clip[1][~keep]).any()
 
 
-@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.5), ("dpmpp", 0.0)])
+@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.5), ("dpmpp", 0.0), ("dpmpp", 1.0)])
 def test_same_seed_same_bytes_other_seed_differs(pipe, clip, sampler, eta):
     kw = dict(cond=2, total=5, steps=STEPS, sampler=sampler, eta=eta)
     a = pipe.predict(clip, seed=3, **kw).frames

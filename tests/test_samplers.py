@@ -82,10 +82,11 @@ def _ddim_reference(x, timesteps, eta, noise_seed, learned=True, v=False):
     return x
 
 
-def _dpmpp_reference(x, timesteps):
+def _dpmpp_reference(x, timesteps, eta=0.0, noise_seed=0):
     ac, _, _ = _coeffs(timesteps)
     alpha, sigma = np.sqrt(ac), np.sqrt(1 - ac)
     lam = np.log(alpha / sigma)
+    noise = np.random.default_rng(noise_seed)
     x = x.astype(np.float64)
     k = len(timesteps)
     x0s, hs = [], []
@@ -101,7 +102,12 @@ def _dpmpp_reference(x, timesteps):
         else:
             r = hs[-2] / h
             d = (1 + 1 / (2 * r)) * x0s[-1] - 1 / (2 * r) * x0s[-2]
-        x = sigma[i - 1] / sigma[i] * x - alpha[i - 1] * (np.exp(-h) - 1) * d
+        if eta == 0:
+            x = sigma[i - 1] / sigma[i] * x - alpha[i - 1] * (np.exp(-h) - 1) * d
+        else:  # SDE form, written with e^{-h} = (σ_t·α_s)/(α_t·σ_s) instead of λ
+            e = (sigma[i - 1] * alpha[i]) / (alpha[i - 1] * sigma[i])
+            x = (sigma[i - 1] / sigma[i] * e**eta * x + alpha[i - 1] * (1 - e ** (1 + eta)) * d
+                 + sigma[i - 1] * np.sqrt(1 - e ** (2 * eta)) * noise.standard_normal(x.shape, dtype=np.float32))
     return x
 
 
@@ -161,6 +167,15 @@ def test_dpmpp_golden(steps):
     s = make_schedule(steps)
     got = get_sampler("dpmpp")(FakeDenoiser(), _x_T(), s, rng=np.random.default_rng(0))
     np.testing.assert_allclose(got, _dpmpp_reference(_x_T(), s.timesteps.tolist()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps,eta", [(2, 1.0), (4, 1.0), (4, 0.5)])
+def test_dpmpp_sde_golden(steps, eta):
+    s = make_schedule(steps)
+    got = get_sampler("dpmpp")(FakeDenoiser(), _x_T(), s, rng=np.random.default_rng(5), eta=eta)
+    want = _dpmpp_reference(_x_T(), s.timesteps.tolist(), eta=eta, noise_seed=5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.abs(got - _dpmpp_reference(_x_T(), s.timesteps.tolist())).max() > 1e-2  # the noise really enters
 
 
 def test_dpmpp_v_prediction_matches_equivalent_epsilon_model():
@@ -252,16 +267,16 @@ def test_get_sampler_unknown_lists_names():
         get_sampler("euler")
 
 
+@pytest.mark.parametrize("name", ["ddim", "dpmpp"])
 @pytest.mark.parametrize("eta", [-0.1, float("nan"), "0", True])
-def test_ddim_bad_eta(eta):
+def test_bad_eta(name, eta):
     with pytest.raises(InputError, match="eta"):
-        get_sampler("ddim")(FakeDenoiser(), _x_T(), make_schedule(2), rng=np.random.default_rng(0), eta=eta)
+        get_sampler(name)(FakeDenoiser(), _x_T(), make_schedule(2), rng=np.random.default_rng(0), eta=eta)
 
 
-@pytest.mark.parametrize("name", ["ddpm", "dpmpp"])
-def test_unknown_option_refused(name):
+def test_unknown_option_refused():
     with pytest.raises(InputError, match="eta"):
-        get_sampler(name)(FakeDenoiser(), _x_T(), make_schedule(2), rng=np.random.default_rng(0), eta=0.0)
+        get_sampler("ddpm")(FakeDenoiser(), _x_T(), make_schedule(2), rng=np.random.default_rng(0), eta=0.0)
 
 
 def test_wrong_output_channels_is_backend_error():

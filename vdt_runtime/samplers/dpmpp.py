@@ -1,17 +1,24 @@
-"""DPM-Solver++(2M): data-prediction multistep solver, 2nd order after the first step, 1st order at the last."""
+"""DPM-Solver++(2M): data-prediction multistep solver, 2nd order after the first step, 1st order at the last.
+
+η = 0 solves the probability-flow ODE (deterministic). η > 0 blends in the SDE form of the same solver
+(η = 1 is DPM-Solver++(2M) SDE): part of the state is replaced by fresh noise every step, which corrects
+model error instead of carrying it along the ODE trajectory.
+"""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from vdt_runtime.samplers._common import Model, no_options
+from vdt_runtime.samplers._common import Model, check_eta, no_options
 from vdt_runtime.schedule import Schedule
 
 
-def sample(denoise, x_T, schedule: Schedule, *, rng, mask=None, x_given=None, callback=None, **opts) -> np.ndarray:
+def sample(denoise, x_T, schedule: Schedule, *, rng, mask=None, x_given=None, callback=None,
+           eta: float = 0.0, **opts) -> np.ndarray:
     """Run K solver steps over the schedule's timesteps (descending) to ᾱ = 1; float32 [B,T,C,h,w]."""
     no_options("dpmpp", opts)
+    eta = check_eta(eta)
     model = Model(denoise, x_T, schedule, rng=rng, mask=mask, x_given=x_given, callback=callback)
     s, x = schedule, model.x_T
     ac = s.alphas_cumprod
@@ -28,7 +35,10 @@ def sample(denoise, x_T, schedule: Schedule, *, rng, mask=None, x_given=None, ca
                 r = h_prev / h
                 d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
             alpha_t, sigma_t, sigma_s = math.sqrt(ac[i - 1]), math.sqrt(1.0 - ac[i - 1]), math.sqrt(1.0 - ac[i])
-            x = (sigma_t / sigma_s) * x - alpha_t * math.expm1(-h) * d
+            # x_t = (σ_t/σ_s)·e^{−ηh}·x_s + α_t·(1 − e^{−(1+η)h})·D + σ_t·√(1 − e^{−2ηh})·z
+            x = (sigma_t / sigma_s * math.exp(-eta * h)) * x - (alpha_t * math.expm1(-(1.0 + eta) * h)) * d
+            if eta > 0.0:
+                x = x + (sigma_t * math.sqrt(-math.expm1(-2.0 * eta * h))) * model.noise()
             x0_prev, h_prev = x0, h
         model.step_done(step, x)
     return model.composite(x)
