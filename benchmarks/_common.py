@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-COLUMNS = ("what", "device", "providers", "precision", "batch", "frames", "steps", "time", "ratio vs torch")
+COLUMNS = ("what", "device", "providers", "precision", "denoiser graph", "batch", "frames", "steps", "time", "ratio vs torch")
 
 
 def machine() -> str:

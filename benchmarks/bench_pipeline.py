@@ -8,7 +8,10 @@
     exported to a temp folder and both sides use its weights.
 (b) a random VDT-S/2 (16 frames, 32×32×4 latents, ε + learned-range): the denoising loop only (sampler +
     denoiser, DDPM, predict mask); the VAE is excluded.
-INT8 is `vdt_export.quantize` dynamic quantization. `--variants` adds ORT fp32 rows with other session options.
+ORT fp32 runs the bundle's onnxruntime-fused denoiser (com.microsoft.Attention); "ORT fp32 standard" the same
+model as standard ONNX operators (`fused=False`), the graph TensorRT builds from. INT8 is `vdt_export.quantize`
+dynamic quantization of the fused graph. (b) also times torch with F.scaled_dot_product_attention, the attention
+the original code gets from timm. `--variants` adds ORT fp32 rows with other session options.
 """
 from __future__ import annotations
 
@@ -61,6 +64,7 @@ def part_a(args, tmp: Path) -> tuple[list[dict], str]:
         source = "train_tiny configs, RANDOM weights (engines/default or checkpoint missing)"
     frames = bouncing.clip(bouncing.EVAL_SEED_BASE)
     pipes = {"ORT fp32": Pipeline.load(bundle, backend="cpu"),
+             "ORT fp32 standard": Pipeline.load(bundle, backend="cpu", fused=False),
              "ORT int8": Pipeline.load(_int8_copy(bundle, tmp), backend="cpu", precision="int8")}
     if args.variants:
         pipes.update({f"ORT fp32 {k}": Pipeline.load(bundle, backend="cpu", **v) for k, v in VARIANTS.items()})
@@ -78,7 +82,7 @@ def part_b(args, tmp: Path) -> tuple[list[dict], str]:
     import torch
 
     from _common import random_bundle
-    from torch_reference import TorchDDPM
+    from torch_reference import TorchDDPM, with_sdpa
     from vdt_export.models import config_from_name
     from vdt_export.vae import tiny_vae_config
     from vdt_runtime.backends import open_backend
@@ -108,13 +112,16 @@ def part_b(args, tmp: Path) -> tuple[list[dict], str]:
         return loop
 
     backends = {"ORT fp32": open_backend(bundle, "denoiser", "cpu", "fp32"),
+                "ORT fp32 standard": open_backend(bundle, "denoiser", "cpu", "fp32", fused=False),
                 "ORT int8": open_backend(bundle, "denoiser", "cpu", "int8")}
     if args.variants:
         backends.update({f"ORT fp32 {k}": open_backend(bundle, "denoiser", "cpu", "fp32", **v)
                          for k, v in VARIANTS.items()})
     tg, tm = torch.from_numpy(x_given), torch.from_numpy(mask)[None, :, None]
     torch_ddpm = TorchDDPM(args.steps)
-    contenders = {"torch eager": lambda: torch_ddpm.sample(vdt, tg, tm, torch.Generator().manual_seed(0))}
+    sdpa = with_sdpa(vdt)
+    contenders = {"torch eager": lambda: torch_ddpm.sample(vdt, tg, tm, torch.Generator().manual_seed(0)),
+                  "torch eager SDPA": lambda: torch_ddpm.sample(sdpa, tg, tm, torch.Generator().manual_seed(0))}
     contenders.update({name: ort_loop(b) for name, b in backends.items()})
     times = interleaved(contenders, args.repeats)
     source = "VDT-S/2, 16 frames, 32×32×4 latents, random weights (seed 0), epsilon + learned_range" + _int8_error(bundle_dir)
@@ -135,12 +142,12 @@ def _rows(times: dict[str, list[float]], runners: dict, what: str, steps: int) -
     for name, ts in times.items():
         runner = runners.get(name)
         if runner is None:
-            providers, precision = "torch (CPU)", "fp32"
-        elif hasattr(runner, "providers") and isinstance(runner.providers, dict):  # a Pipeline
-            providers, precision = ", ".join(runner.providers["denoiser"]), runner.backends["denoiser"].precision
+            providers, precision, graph = "torch (CPU)", "fp32", "eager"
         else:
-            providers, precision = ", ".join(runner.providers), runner.precision
+            backend = runner.backends["denoiser"] if hasattr(runner, "backends") else runner  # a Pipeline, or a Backend
+            providers, precision, graph = ", ".join(backend.providers), backend.precision, backend.graph
         rows.append({"what": f"{name}: {what}", "device": "CPU", "providers": providers, "precision": precision,
+                     "denoiser graph": graph,
                      "batch": 1, "frames": TOTAL, "steps": steps,
                      "time": f"{median(ts):.3f} s ({min(ts):.3f}–{max(ts):.3f}, n={len(ts)})",
                      "ratio vs torch": f"{median(ts) / base:.2f}×"})

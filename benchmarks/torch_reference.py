@@ -17,6 +17,28 @@ import numpy as np
 import torch
 
 
+def with_sdpa(vdt):
+    """A copy of `vdt` whose attentions call F.scaled_dot_product_attention, as the original code does through
+    timm's Attention with fused_attn (timm ≥ 0.9). Same maths as vdt_export.models.Attention."""
+    import copy
+    import types
+
+    import torch.nn.functional as F
+
+    from vdt_export.models import Attention
+
+    def forward(self, x):
+        b, n = x.shape[:2]
+        q, k, v = self.qkv(x).flatten(0, 1).unflatten(2, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2).unflatten(0, (b, n)))
+
+    fast = copy.deepcopy(vdt)
+    for m in fast.modules():
+        if isinstance(m, Attention):
+            m.forward = types.MethodType(forward, m)
+    return fast
+
+
 class TorchDDPM:
     """Respaced linear-beta DDPM (float64 coefficients, float32 state), as in guided-diffusion's SpacedDiffusion."""
 

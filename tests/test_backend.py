@@ -31,6 +31,24 @@ def test_cpu_backend_runs_and_reports_providers(bundle):
     assert np.isfinite(out["model_out"]).all()
 
 
+def test_fused_graph_on_cpu_and_standard_on_request(bundle):
+    x = np.random.default_rng(1).standard_normal((2, 3, 4, 8, 8)).astype(np.float32)
+    feed = {"latents": x, "timestep": np.array([5.0, 900.0], np.float32)}
+    fused = open_backend(bundle, "denoiser", "cpu", threads=1)
+    standard = open_backend(bundle, "denoiser", "cpu", threads=1, fused=False)
+    assert (fused.graph, standard.graph) == ("fused", "standard") and "(fused)" in repr(fused)
+    assert open_backend(bundle, "vae_decoder", "cpu").graph == "standard"  # no fused file for the VAE
+    np.testing.assert_allclose(fused.run(feed)["model_out"], standard.run(feed)["model_out"], atol=1e-4, rtol=0)
+
+
+def test_auto_that_lands_on_cpu_alone_gets_the_fused_graph(bundle):
+    b = open_backend(bundle, "denoiser", "auto")
+    if b.providers == (CPU,):  # no usable GPU here, whatever onnxruntime lists
+        assert b.graph == "fused"
+    else:  # a GPU provider really runs: contrib operators stay out of it
+        assert b.graph == "standard"
+
+
 def test_provider_lists():
     assert ort_backend.provider_list("cpu") == [CPU]
     auto = ort_backend.provider_list("auto")

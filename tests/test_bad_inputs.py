@@ -74,9 +74,13 @@ def _swap_denoiser_for_encoder(m: dict, folder: Path) -> None:
     _relist(m, folder, "denoiser.onnx")
 
 
-def _garbage_denoiser(m: dict, folder: Path) -> None:
-    (folder / "denoiser.onnx").write_bytes(b"this is not an onnx protobuf" * 10)
-    _relist(m, folder, "denoiser.onnx")
+def _garbage_denoiser(m: dict, folder: Path, name: str = "denoiser.onnx") -> None:
+    (folder / name).write_bytes(b"this is not an onnx protobuf" * 10)
+    _relist(m, folder, name)
+
+
+def _garbage_fused_denoiser(m: dict, folder: Path) -> None:
+    _garbage_denoiser(m, folder, m["stages"]["denoiser"]["fused"]["fp32"])
 
 
 def _tamper(path: Path) -> Path:
@@ -235,7 +239,7 @@ CASES = [
     Case("steps-above-schedule", "InputError", ("steps", "1..1000", "got 5000"), lambda c: c.predict(steps=5000)),
     Case("steps-float", "InputError", ("steps", "integer", "2.5"), lambda c: c.predict(steps=2.5)),
     Case("unknown-sampler", "InputError", ("'euler'", "ddpm, ddim, dpmpp"), lambda c: c.predict(sampler="euler")),
-    Case("eta-without-ddim", "InputError", ("eta=0.3", "'ddim'", "'ddpm'"), lambda c: c.predict(eta=0.3)),
+    Case("eta-with-ddpm", "InputError", ("eta=0.3", "'ddim'", "'dpmpp'", "'ddpm'"), lambda c: c.predict(eta=0.3)),
     Case("eta-negative", "InputError", ("eta", ">= 0", "-1"), lambda c: c.predict(sampler="ddim", eta=-1.0)),
     Case("unknown-task", "InputError", ("'zoom'", "predict, backward"),
          lambda c: c.pipe.run(c.clip, task="zoom", total=4, steps=1)),
@@ -281,9 +285,15 @@ CASES = [
          lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["files"].update({"../evil.onnx": {"sha256": "0"}})))),
     Case("bundle-onnx-io-mismatch", "BundleError", ("denoiser.onnx", "('images', 'float32')",
                                                     "manifest declares", "('latents', 'float32')"),
-         lambda c: Pipeline.load(c.bundle_copy(_swap_denoiser_for_encoder), backend="cpu")),
+         lambda c: Pipeline.load(c.bundle_copy(_swap_denoiser_for_encoder), backend="cpu", fused=False)),
     Case("bundle-onnx-unreadable", "BackendError", ("could not load", "denoiser.onnx"),
-         lambda c: Pipeline.load(c.bundle_copy(_garbage_denoiser), backend="cpu")),
+         lambda c: Pipeline.load(c.bundle_copy(_garbage_denoiser), backend="cpu", fused=False)),
+    Case("bundle-fused-unreadable", "BackendError", ("could not load", "denoiser.fused.onnx"),
+         lambda c: Pipeline.load(c.bundle_copy(_garbage_fused_denoiser), backend="cpu")),
+    Case("bundle-fused-unknown-precision", "BundleError", ("stages.denoiser.fused", "'fp16'", "['fp32']"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["stages"]["denoiser"]["fused"].update(fp16="x.onnx")))),
+    Case("fused-not-bool", "InputError", ("fused", "True or False", "'yes'"),
+         lambda c: Pipeline.load(c.bundle, backend="cpu", fused="yes")),
     # --- checkpoints (vdt_export) --------------------------------------------------------------------
     Case("checkpoint-other-config", "CheckpointError", ("VDT-S/2", "depth=12", "depth=2"),
          lambda c: _load_vdt(c, c.state_dict(), "VDT-S/2")),

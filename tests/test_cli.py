@@ -51,11 +51,14 @@ def test_given_frames_exact_through_cli(tiny_bundle, clip_path, tmp_path):
 
 
 def test_info_and_verify(tiny_bundle, capsys):
-    assert main(["info", str(tiny_bundle), "--verify"]) == 0
+    assert main(["info", str(tiny_bundle), "--verify", "--backend", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "sha256     all 3 files match" in out and "providers available" in out
-    for stage in ("denoiser", "vae_encoder", "vae_decoder"):
-        assert f"{stage}" in out and "runs on CPUExecutionProvider" in out
+    assert "sha256     all 4 files match" in out and "providers available" in out
+    assert "denoiser     fp32  fused    graph, runs on CPUExecutionProvider" in out
+    for stage in ("vae_encoder", "vae_decoder"):
+        assert f"{stage:<12} fp32  standard graph, runs on CPUExecutionProvider" in out
+    assert main(["info", str(tiny_bundle), "--backend", "cpu", "--no-fused"]) == 0
+    assert "denoiser     fp32  standard graph" in capsys.readouterr().out
 
 
 def test_bench_prints_a_table(tiny_bundle, capsys):

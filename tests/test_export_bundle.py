@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -20,7 +21,8 @@ def _manifest(bundle):
 def test_manifest_lists_every_file_with_its_sha256(tiny_bundle):
     manifest = _manifest(tiny_bundle)
     on_disk = sorted(p.name for p in tiny_bundle.iterdir() if p.name != "manifest.json")
-    assert sorted(manifest["files"]) == on_disk == ["denoiser.onnx", "vae_decoder.onnx", "vae_encoder.onnx"]
+    assert sorted(manifest["files"]) == on_disk == ["denoiser.fused.onnx", "denoiser.onnx", "vae_decoder.onnx",
+                                                    "vae_encoder.onnx"]
     for name, entry in manifest["files"].items():
         data = (tiny_bundle / name).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
@@ -51,6 +53,41 @@ def test_manifest_follows_the_format(tiny_bundle):
         sess = ort.InferenceSession(str(tiny_bundle / stage["files"]["fp32"]), providers=["CPUExecutionProvider"])
         assert [i.name for i in sess.get_inputs()] == [i["name"] for i in stage["inputs"]]
         assert [o.name for o in sess.get_outputs()] == [o["name"] for o in stage["outputs"]]
+
+
+def test_fused_denoiser_is_listed_and_uses_one_attention_node_per_attention(tiny_bundle):
+    import collections
+
+    import onnx
+
+    den = _manifest(tiny_bundle)["stages"]["denoiser"]
+    assert den["fused"] == {"fp32": "denoiser.fused.onnx"}
+    ops = collections.Counter((n.domain, n.op_type) for n in onnx.load(str(tiny_bundle / "denoiser.fused.onnx")).graph.node)
+    assert ops[("com.microsoft", "Attention")] == 2 * 2  # depth 2, temporal + spatial attention
+    assert ops[("", "Softmax")] == 0 and ops[("", "Gelu")] == 2  # opset 20 Gelu, fused by onnxruntime with its bias
+    plain = collections.Counter(n.op_type for n in onnx.load(str(tiny_bundle / "denoiser.onnx")).graph.node)
+    assert plain["Softmax"] == 4 and not any(n.domain for n in onnx.load(str(tiny_bundle / "denoiser.onnx")).graph.node)
+
+
+@pytest.mark.parametrize("batch,frames", [(1, 1), (2, 3), (1, 8)])
+def test_fused_denoiser_matches_torch(tiny_bundle, tiny_models, batch, frames):
+    vdt, _ = tiny_models
+    rng = np.random.default_rng(frames)
+    latents = rng.standard_normal((batch, frames, 4, 8, 8)).astype(np.float32)
+    t = rng.uniform(0, 999, size=batch).astype(np.float32)
+    with torch.no_grad():
+        want = vdt(torch.from_numpy(latents), torch.from_numpy(t)).numpy()
+    assert np.abs(want).mean() > 0.1  # randomised weights: the comparison can fail
+    sess = ort.InferenceSession(str(tiny_bundle / "denoiser.fused.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"latents": latents, "timestep": t})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_export_without_fused_graph(tiny_models, tmp_path):
+    vdt, vae = tiny_models
+    out = export_bundle(vdt, vae, tmp_path / "plain", name="plain", image_size=16, fused=False)
+    m = _manifest(out)
+    assert "fused" not in m["stages"]["denoiser"] and "denoiser.fused.onnx" not in m["files"]
 
 
 def test_write_manifest_adds_a_new_file(tiny_bundle, tmp_path):

@@ -17,7 +17,8 @@ def test_verify_passes_for_the_same_weights(tiny_bundle, capsys):
     out = capsys.readouterr().out
     assert "PASS" in out and "providers[denoiser]: CPUExecutionProvider" in out
     rows = [line for line in out.splitlines() if line.startswith(("denoiser", "vae_"))]
-    assert len(rows) == 6 + 4 and all(line.endswith("ok") for line in rows)
+    assert len(rows) == 6 + 6 + 4 and all(line.endswith("ok") for line in rows)  # standard + fused graph, VAE
+    assert sum(line.startswith("denoiser (fused)") for line in rows) == 6
     assert any(line.split()[2] == "8" for line in rows)  # T = max_frames is checked
 
 

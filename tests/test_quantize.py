@@ -33,6 +33,18 @@ def test_int8_listed_with_hash(int8_bundle):
     assert "int8" in bundle.precisions("denoiser")
 
 
+def test_int8_comes_from_the_fused_graph(int8_bundle):
+    import collections
+
+    import onnx
+
+    manifest = json.loads((int8_bundle / "manifest.json").read_text())
+    assert manifest["quantization"]["int8"]["source"] == "denoiser.fused.onnx"
+    assert manifest["quantization"]["int8"]["op_types"] == ["MatMul", "Attention"]
+    ops = collections.Counter(n.op_type for n in onnx.load(str(int8_bundle / "denoiser.int8.onnx")).graph.node)
+    assert ops["QAttention"] == 4 and ops["Attention"] == 0 and ops["MatMulInteger"] > 0
+
+
 def test_int8_close_but_not_identical(int8_bundle):
     import onnxruntime as ort
 

@@ -23,6 +23,7 @@ from .vae import SD_SCALE_FACTOR, downsample_factor, latent_channels
 FORMAT, FORMAT_VERSION = "vdt-bundle", 1
 MANIFEST = "manifest.json"
 STAGE_FILES = {"denoiser": "denoiser.onnx", "vae_encoder": "vae_encoder.onnx", "vae_decoder": "vae_decoder.onnx"}
+FUSED_FILE = "denoiser.fused.onnx"  # the same denoiser with onnxruntime's fused Attention (fused_attention.py)
 PREDICTION_TYPES = ("epsilon", "v")
 VARIANCE_TYPES = ("learned_range", "fixed_small")
 VAE_MAX_BATCH = 64
@@ -51,7 +52,7 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> Path:
     bundle_dir = Path(bundle_dir)
     names = set(manifest.get("files", {}))
     for stage in manifest["stages"].values():
-        for name in stage["files"].values():
+        for name in (*stage["files"].values(), *stage.get("fused", {}).values()):
             names.add(name)
             names.update(external_data_files(bundle_dir / name) if name.endswith(".onnx") else ())
     files = {}
@@ -148,9 +149,10 @@ def _with_max_frames(vdt: VDT, max_frames: int | None) -> VDT:
 def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name: str, image_size: int,
                   scale_factor: float = SD_SCALE_FACTOR, diffusion: Mapping | None = None,
                   max_frames: int | None = None, max_batch: int = 16, training: Mapping | None = None,
-                  verbose: bool = False) -> Path:
+                  fused: bool = True, verbose: bool = False) -> Path:
     """Export denoiser + VAE encoder/decoder + manifest.json into `out_dir`; an existing bundle there is replaced
-    only once the new one is complete. Returns `out_dir`."""
+    only once the new one is complete. `fused` adds the onnxruntime-fused denoiser graph beside the portable one
+    (stages.denoiser.fused). Returns `out_dir`."""
     out_dir = Path(out_dir)
     f = downsample_factor(vae)
     if image_size != vdt.config.input_size * f:
@@ -167,6 +169,9 @@ def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out_dir) as staging:  # an old bundle at out_dir is replaced only once this one is complete
         export_denoiser(vdt, staging / STAGE_FILES["denoiser"], max_batch=max_batch, verbose=verbose)
+        if fused:
+            export_denoiser(vdt, staging / FUSED_FILE, max_batch=max_batch, verbose=verbose, fused=True)
+            manifest["stages"]["denoiser"]["fused"] = {"fp32": FUSED_FILE}
         export_vae_encoder(vae, staging / STAGE_FILES["vae_encoder"], image_size=image_size,
                            scale_factor=scale_factor, verbose=verbose)
         export_vae_decoder(vae, staging / STAGE_FILES["vae_decoder"], image_size=image_size,

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 from torch.export import Dim
 
+from .fused_attention import OPSET as FUSED_OPSET
+from .fused_attention import fused_export
 from .models import VDT
 from .vae import VAEDecoder, VAEEncoder, downsample_factor, latent_channels
 
@@ -50,15 +52,16 @@ def _quiet(verbose: bool) -> Iterator[None]:
 
 def export_onnx(module: nn.Module, args: tuple, path: str | os.PathLike, *, input_names: list[str],
                 output_names: list[str], dynamic_shapes: dict, external_data: bool | None = None,
-                verbose: bool = False) -> Path:
+                verbose: bool = False, opset: int = OPSET, translations: dict | None = None) -> Path:
     """Export `module` to `path` and run onnx.checker on it. The weights go to one `<name>.data` file beside it
-    when `external_data` is True, or when None (automatic) and they pass 2 GB."""
+    when `external_data` is True, or when None (automatic) and they pass 2 GB. `translations` is the exporter's
+    custom_translation_table (torch op → onnxscript function)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _quiet(verbose), torch.no_grad():
-        program = torch.onnx.export(module.eval(), args, None, dynamo=True, opset_version=OPSET, verbose=verbose,
+        program = torch.onnx.export(module.eval(), args, None, dynamo=True, opset_version=opset, verbose=verbose,
                                     input_names=input_names, output_names=output_names,
-                                    dynamic_shapes=dynamic_shapes)
+                                    dynamic_shapes=dynamic_shapes, custom_translation_table=translations)
     # saved under its final name in a temp folder beside it: external data records that name as its location
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -73,8 +76,9 @@ def export_onnx(module: nn.Module, args: tuple, path: str | os.PathLike, *, inpu
 
 
 def export_denoiser(vdt: VDT, path: str | os.PathLike, *, max_batch: int = 16, external_data: bool | None = None,
-                    verbose: bool = False) -> Path:
-    """latents [B, T, C, h, w] + timestep [B] (float32, 0…999) → model_out [B, T, out_C, h, w]; B and T dynamic."""
+                    verbose: bool = False, fused: bool = False) -> Path:
+    """latents [B, T, C, h, w] + timestep [B] (float32, 0…999) → model_out [B, T, out_C, h, w]; B and T dynamic.
+    `fused` writes the onnxruntime-only graph with com.microsoft.Attention (vdt_export.fused_attention)."""
     cfg = vdt.config
     frames = min(2, vdt.max_frames)
     latents = torch.randn(2, frames, cfg.in_channels, cfg.input_size, cfg.input_size)
@@ -83,9 +87,13 @@ def export_denoiser(vdt: VDT, path: str | os.PathLike, *, max_batch: int = 16, e
     latent_dims = {0: batch}
     if vdt.max_frames >= 2:  # torch.export cannot make a dim dynamic when its only legal size is 1
         latent_dims[1] = Dim("frames", min=1, max=vdt.max_frames)
-    return export_onnx(vdt, (latents, timestep), path, input_names=["latents", "timestep"],
-                       output_names=["model_out"], dynamic_shapes={"latents": latent_dims, "timestep": {0: batch}},
-                       external_data=external_data, verbose=verbose)
+    kwargs = dict(input_names=["latents", "timestep"], output_names=["model_out"],
+                  dynamic_shapes={"latents": latent_dims, "timestep": {0: batch}}, external_data=external_data,
+                  verbose=verbose)
+    if not fused:
+        return export_onnx(vdt, (latents, timestep), path, **kwargs)
+    with fused_export(vdt) as translations:
+        return export_onnx(vdt, (latents, timestep), path, opset=FUSED_OPSET, translations=translations, **kwargs)
 
 
 def export_vae_encoder(vae: nn.Module, path: str | os.PathLike, *, image_size: int, scale_factor: float,

@@ -5,7 +5,9 @@
 
 Weights are int8 per output channel (lower error than per tensor at the same speed on the VDT-S/2 test).
 Only the weight MatMuls (every Linear: qkv, proj, MLP, adaLN, final) are quantized; the activation×activation
-attention MatMuls, LayerNorm, softmax and the patch Conv stay fp32. The manifest gains
+attention MatMuls, LayerNorm, softmax and the patch Conv stay fp32. When the bundle has the onnxruntime-fused
+denoiser (stages.denoiser.fused), that graph is the source and each com.microsoft.Attention becomes QAttention
+(int8 q/k/v projection, fp32 attention); the result is onnxruntime-only either way. The manifest gains
 stages.denoiser.files["int8"] and a files entry with sha256 and size; both files are written atomically.
 """
 from __future__ import annotations
@@ -36,7 +38,9 @@ def quantize_bundle(bundle_dir: str | os.PathLike, *, mode: str = "dynamic", cal
     bundle_dir = Path(bundle_dir)
     manifest = _read_manifest(bundle_dir)
     stage = manifest["stages"]["denoiser"]
-    fp32 = bundle_dir / stage["files"].get("fp32", "")
+    fused = "fp32" in stage.get("fused", {})
+    fp32 = bundle_dir / (stage["fused"]["fp32"] if fused else stage["files"].get("fp32", ""))
+    op_types = ["MatMul", "Attention"] if fused and mode == "dynamic" else ["MatMul"]  # QDQ: Attention stays fp32
     if not fp32.is_file():
         raise BundleError(f"bundle {str(bundle_dir)!r} has no fp32 denoiser file (stages.denoiser.files: {stage['files']})")
     target = bundle_dir / INT8_FILE
@@ -46,13 +50,14 @@ def quantize_bundle(bundle_dir: str | os.PathLike, *, mode: str = "dynamic", cal
         _without_value_info(fp32, clean)
         with _no_preprocess_hint():
             if mode == "dynamic":
-                _dynamic(clean, out)
+                _dynamic(clean, out, op_types)
             else:
-                _static(clean, out, _CalibrationReader(stage, calibration_batches, seed))
+                _static(clean, out, _CalibrationReader(stage, calibration_batches, seed), op_types)
         onnx.checker.check_model(str(out))
         os.replace(out, target)
     stage["files"]["int8"] = INT8_FILE
-    manifest.setdefault("quantization", {})["int8"] = {"mode": mode, "op_types": ["MatMul"], "weights": "int8 per channel",
+    manifest.setdefault("quantization", {})["int8"] = {"mode": mode, "op_types": op_types, "source": fp32.name,
+                                                      "weights": "int8 per channel",
                                                       "activations": "uint8 (per call)" if mode == "dynamic"
                                                       else "uint8 (calibrated on random latents)"}
     write_manifest(bundle_dir, manifest)
@@ -108,19 +113,23 @@ def _no_preprocess_hint():
         root.setLevel(level)
 
 
-def _dynamic(src: Path, dst: Path) -> None:
+# onnx's shape inference knows no com.microsoft operator, so tensors after one have no type: they are float
+_EXTRA = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
+
+
+def _dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                     per_channel=True, extra_options={"MatMulConstBOnly": True})
+    quantize_dynamic(str(src), str(dst), op_types_to_quantize=op_types, weight_type=QuantType.QInt8,
+                     per_channel=True, extra_options=_EXTRA)
 
 
-def _static(src: Path, dst: Path, reader) -> None:
+def _static(src: Path, dst: Path, reader, op_types: list[str]) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+    quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    per_channel=True, extra_options={"MatMulConstBOnly": True})
+                    per_channel=True, extra_options=_EXTRA)
 
 
 class _CalibrationReader:

@@ -40,10 +40,10 @@ class Report:
         return not self.problems and all(r.ok for r in self.rows)
 
     def table(self) -> str:
-        lines = [f"{'stage':<12} {'B':>3} {'T':>4} {'max abs err':>12} {'mean abs err':>12}  result (tol {self.tol:g})"]
+        lines = [f"{'stage':<16} {'B':>3} {'T':>4} {'max abs err':>12} {'mean abs err':>12}  result (tol {self.tol:g})"]
         for r in self.rows:
             frames = "-" if r.frames is None else str(r.frames)
-            lines.append(f"{r.stage:<12} {r.batch:>3} {frames:>4} {r.max_abs:>12.3e} {r.mean_abs:>12.3e}  "
+            lines.append(f"{r.stage:<16} {r.batch:>3} {frames:>4} {r.max_abs:>12.3e} {r.mean_abs:>12.3e}  "
                          f"{'ok' if r.ok else 'FAIL'}")
         lines += [f"providers[{stage}]: {', '.join(p)}" for stage, p in self.providers.items()]
         lines += [f"problem: {p}" for p in self.problems]
@@ -94,13 +94,17 @@ def verify_bundle(bundle_dir: str | os.PathLike, vdt: VDT, vae: nn.Module | None
     rng = np.random.default_rng(seed)
     stages = manifest["stages"]
     model, hw = manifest["model"], manifest["model"]["input_size"]
-    sess = _session(bundle_dir / stages["denoiser"]["files"]["fp32"], providers)
-    report.providers["denoiser"] = sess.get_providers()
     vdt = vdt.eval()
-    for b, t in cases or denoiser_cases(model["max_frames"]):
-        latents = rng.standard_normal((b, t, model["in_channels"], hw, hw)).astype(np.float32)
-        timestep = rng.uniform(0, manifest["diffusion"]["num_timesteps"] - 1, size=b).astype(np.float32)
-        _compare(report, "denoiser", sess, vdt, {"latents": latents, "timestep": timestep}, b, t)
+    graphs = {"denoiser": stages["denoiser"]["files"]["fp32"]}
+    if "fp32" in stages["denoiser"].get("fused", {}):
+        graphs["denoiser (fused)"] = stages["denoiser"]["fused"]["fp32"]
+    for label, fname in graphs.items():
+        sess = _session(bundle_dir / fname, providers)
+        report.providers[label] = sess.get_providers()
+        for b, t in cases or denoiser_cases(model["max_frames"]):
+            latents = rng.standard_normal((b, t, model["in_channels"], hw, hw)).astype(np.float32)
+            timestep = rng.uniform(0, manifest["diffusion"]["num_timesteps"] - 1, size=b).astype(np.float32)
+            _compare(report, label, sess, vdt, {"latents": latents, "timestep": timestep}, b, t)
     if vae is None:
         return report
     scale, size = manifest["vae"]["scale_factor"], manifest["image_size"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -40,10 +40,11 @@ class Stage:
     """One model stage's I/O contract and its files per precision."""
 
     name: str
-    files: dict[str, str]  # precision -> file name inside the bundle
+    files: dict[str, str]  # precision -> file name inside the bundle (standard ONNX operators)
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     dynamic_axes: dict[str, dict[str, int]]  # axis name -> {"min", "opt", "max"}
+    fused: dict[str, str] = field(default_factory=dict)  # precision -> the same model with onnxruntime fused ops
 
     def axis_max(self, axis: str, default: int | None = None) -> int | None:
         """The declared maximum of a dynamic axis (e.g. "batch"), or `default` if undeclared."""
@@ -140,22 +141,23 @@ class Bundle:
         """Precisions stage `stage` has a file for."""
         return tuple(self.stage(stage).files)
 
-    def file_path(self, stage: str, precision: str | None = None) -> Path:
-        """The model file of `stage` at `precision` (default: the bundle's precision)."""
+    def file_path(self, stage: str, precision: str | None = None, *, fused: bool = False) -> Path:
+        """The model file of `stage` at `precision` (default: the bundle's precision). With `fused`, the
+        onnxruntime-fused graph of that precision when the bundle has one, else the standard file."""
         precision = precision or self.precision
-        files = self.stage(stage).files
-        if precision not in files:
+        spec = self.stage(stage)
+        if precision not in spec.files:
             raise BundleError(
-                f"stage {stage!r} has no {precision!r} file; available precisions: {', '.join(files)}"
+                f"stage {stage!r} has no {precision!r} file; available precisions: {', '.join(spec.files)}"
             )
-        return self.path / files[precision]
+        return self.path / (spec.fused.get(precision) if fused and precision in spec.fused else spec.files[precision])
 
     # --- integrity ------------------------------------------------------------------------
     def _check_files(self) -> None:
         """Every stage file is listed in `files`, and every listed file exists with the listed size."""
         listed = self.manifest["files"]
         for stage in self.stages.values():
-            for precision, fname in stage.files.items():
+            for precision, fname in (*stage.files.items(), *stage.fused.items()):
                 if fname not in listed:
                     raise BundleError(
                         f"stage {stage.name!r} ({precision}) uses {fname!r}, which is not listed in the manifest's files"
@@ -202,7 +204,8 @@ class Bundle:
             ins = ", ".join(f"{s.name}{list(s.shape)}" for s in stage.inputs)
             outs = ", ".join(f"{s.name}{list(s.shape)}" for s in stage.outputs)
             axes = ", ".join(f"{a} {r.get('min')}..{r.get('max')}" for a, r in stage.dynamic_axes.items())
-            lines.append(f"stage      {stage.name}: {ins} -> {outs}  [{axes}]  files {stage.files}")
+            fused = f"  fused {stage.fused}" if stage.fused else ""
+            lines.append(f"stage      {stage.name}: {ins} -> {outs}  [{axes}]  files {stage.files}{fused}")
         for fname, entry in self.manifest["files"].items():
             lines.append(f"file       {fname}  {entry.get('size', '?')} bytes  sha256 {entry['sha256'][:16]}...")
         return "\n".join(lines)
@@ -264,6 +267,10 @@ def _parse_stage(name: str, raw: Any) -> Stage:
     _require(raw, _STAGE_KEYS, where, "manifest")
     if not isinstance(raw["files"], dict) or not raw["files"]:
         raise BundleError(f"manifest {where}.files must map precision -> file name, got {raw['files']!r}")
+    fused = raw.get("fused", {})
+    if not isinstance(fused, dict) or not set(fused) <= set(raw["files"]):
+        raise BundleError(f"manifest {where}.fused must map precisions that {where}.files has -> file name, "
+                          f"got {fused!r} (files: {sorted(raw['files'])})")
     for key in ("inputs", "outputs"):
         if not isinstance(raw[key], list) or not raw[key]:
             raise BundleError(f"manifest {where}.{key} must be a non-empty list of tensor specs, got {raw[key]!r}")
@@ -276,6 +283,7 @@ def _parse_stage(name: str, raw: Any) -> Stage:
         inputs=tuple(_parse_spec(f"{where}.inputs", s) for s in raw["inputs"]),
         outputs=tuple(_parse_spec(f"{where}.outputs", s) for s in raw["outputs"]),
         dynamic_axes={str(k): dict(v) for k, v in raw["dynamic_axes"].items()},
+        fused={str(k): str(v) for k, v in fused.items()},
     )
 
 

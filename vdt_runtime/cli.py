@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--threads", type=int, default=None, help="intra-op threads (default: onnxruntime's)")
         sp.add_argument("--no-spinning", dest="spinning", action="store_false",
                         help="idle onnxruntime threads sleep instead of busy-waiting (helps on a busy machine)")
+        sp.add_argument("--no-fused", dest="fused", action="store_false",
+                        help="use the standard-operator denoiser even where the bundle has an onnxruntime-fused one")
 
     r = sub.add_parser("run", help="generate a video for a task")
     r.add_argument("--task", required=True, choices=CLI_TASKS)
@@ -70,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--window", type=int, help="frames per window (rollout; default max_frames)")
     r.add_argument("--steps", type=int, default=50)
     r.add_argument("--sampler", default="ddpm", choices=list(SAMPLERS))
-    r.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    r.add_argument("--eta", type=float, default=0.0, help="noise level for ddim and dpmpp: 0 = deterministic, 1 = DDPM-like / DPM-Solver++ SDE")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--fps", type=float, default=8)
     r.add_argument("--timings", action="store_true", help="print per-stage seconds")
@@ -110,7 +112,7 @@ def _load(args, *, verify: bool = False):
     from vdt_runtime.pipeline import Pipeline
 
     return Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, threads=args.threads,
-                         spinning=args.spinning, verify=verify)
+                         spinning=args.spinning, fused=args.fused, verify=verify)
 
 
 def _run(args) -> int:
@@ -173,7 +175,7 @@ def _info(args) -> int:
     args.bundle = path
     pipe = _load(args)
     for stage, backend in pipe.backends.items():
-        print(f"  {stage:<12} {backend.precision:<5} runs on {', '.join(backend.providers)}")
+        print(f"  {stage:<12} {backend.precision:<5} {backend.graph:<8} graph, runs on {', '.join(backend.providers)}")
     return 0
 
 
@@ -200,16 +202,16 @@ def _bench(args) -> int:
         ("vae_decoder", "vae_decoder", str(frames_total - cond)),
         ("total", None, "1"),
     ]
-    header = f"{'stage':<12} {'providers':<28} {'precision':<9} {'batch':>5} {'frames':>6} {'steps':>5} {'median s':>10}"
+    header = f"{'stage':<12} {'providers':<28} {'precision':<11} {'batch':>5} {'frames':>6} {'steps':>5} {'median s':>10}"
     print(header)
     print("-" * len(header))
     for stage, backend_stage, batch in rows:
         median = statistics.median(r.get(stage, 0.0) for r in runs)
         backend = pipe.backends.get(backend_stage) if backend_stage else None
         providers = ", ".join(p.replace("ExecutionProvider", "") for p in backend.providers) if backend else ("numpy" if stage == "sampler" else "-")
-        precision = backend.precision if backend else "-"
+        precision = (backend.precision + ("+fused" if backend.graph == "fused" else "")) if backend else "-"
         steps = str(args.steps) if stage in ("denoiser", "sampler", "total") else "-"
-        print(f"{stage:<12} {providers:<28} {precision:<9} {batch:>5} {frames_total:>6} {steps:>5} {median:>10.4f}")
+        print(f"{stage:<12} {providers:<28} {precision:<11} {batch:>5} {frames_total:>6} {steps:>5} {median:>10.4f}")
     return 0
 
 

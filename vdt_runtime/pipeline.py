@@ -66,11 +66,13 @@ class Pipeline:
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, backend: str = "auto", precision: str | None = None,
              threads: int | None = None, graph_optimization: str = "all", spinning: bool = True,
-             verify: bool = False) -> "Pipeline":
+             fused: bool = True, verify: bool = False) -> "Pipeline":
         """Open a bundle (default: engines/default) with `backend` auto | cpu | cuda | tensorrt.
 
         `precision` picks the stage files (e.g. "int8"); stages without that precision keep the bundle's.
         `threads`, `graph_optimization` and `spinning` are onnxruntime session options (see BENCHMARKS.md).
+        `fused=False` keeps the standard-operator denoiser even where the bundle has an onnxruntime-fused one
+        (used only when a stage runs on the CPU provider alone; `pipe.graphs` says which ran).
         """
         bundle = Bundle.load(default_bundle_path() if path is None else path, verify=verify)
         if precision is not None and not any(precision in bundle.precisions(s) for s in STAGES):
@@ -79,7 +81,7 @@ class Pipeline:
         backends = {}
         for stage in STAGES:
             p = precision if precision in bundle.precisions(stage) else bundle.precision
-            backends[stage] = open_backend(bundle, stage, backend, p, threads=threads,
+            backends[stage] = open_backend(bundle, stage, backend, p, threads=threads, fused=fused,
                                            graph_optimization=graph_optimization, spinning=spinning)
         return cls(bundle, backends)
 
@@ -87,6 +89,11 @@ class Pipeline:
     def providers(self) -> dict[str, tuple[str, ...]]:
         """Stage -> the execution providers that really run it."""
         return {stage: b.providers for stage, b in self.backends.items()}
+
+    @property
+    def graphs(self) -> dict[str, str]:
+        """Stage -> "fused" (onnxruntime contrib operators) or "standard" graph, as loaded."""
+        return {stage: b.graph for stage, b in self.backends.items()}
 
     @property
     def image_size(self) -> int:
@@ -221,10 +228,10 @@ class Pipeline:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
             raise InputError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
         options = {}
-        if sampler == "ddim":
+        if sampler in ("ddim", "dpmpp"):
             options["eta"] = eta
         elif eta != 0.0:
-            raise InputError(f"eta={eta!r} applies only to sampler 'ddim', not {sampler!r}")
+            raise InputError(f"eta={eta!r} applies only to samplers 'ddim' and 'dpmpp', not {sampler!r}")
         return _Sampling(sample, schedule, options, int(seed), bool(progress), bool(timings))
 
     def _frames(self, frames: Frames) -> np.ndarray | None:

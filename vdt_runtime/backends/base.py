@@ -17,10 +17,11 @@ class Backend(ABC):
     inputs: tuple[TensorSpec, ...]  # declared I/O contract from the manifest
     outputs: tuple[TensorSpec, ...]
     providers: tuple[str, ...]  # what really runs (not what was asked for)
+    graph: str = "standard"  # "fused" when an onnxruntime-fused variant of the stage file was loaded
 
     @abstractmethod
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Feed {input name: array}; return {output name: array}."""
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.stage} {self.precision} on {', '.join(self.providers)}>"
+        return f"<{type(self).__name__} {self.stage} {self.precision} ({self.graph}) on {', '.join(self.providers)}>"

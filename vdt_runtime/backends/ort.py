@@ -74,15 +74,26 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, stage: str, backend: str = "auto", precision: str | None = None, *,
-                 threads: int | None = None, graph_optimization: str = "all", spinning: bool = True):
+                 threads: int | None = None, graph_optimization: str = "all", spinning: bool = True,
+                 fused: bool = True):
         spec = bundle.stage(stage)
         self.stage, self.precision = stage, precision or bundle.precision
         self.inputs, self.outputs = spec.inputs, spec.outputs
         self.requested = provider_list(backend)
-        path = bundle.file_path(stage, self.precision)
+        if not isinstance(fused, bool):
+            raise InputError(f"fused must be True or False, got {fused!r}")
+        # the fused graph's com.microsoft operators are measured on the CPU provider only: GPU providers get the
+        # standard graph (TensorRT cannot run contrib operators at all); a GPU request that really fell back to
+        # the CPU alone is reloaded with the fused graph
+        fused = fused and self.precision in spec.fused
         options = session_options(threads, graph_optimization, spinning)
+        self.graph = "fused" if fused and self.requested == [CPU] else "standard"
+        path = bundle.file_path(stage, self.precision, fused=self.graph == "fused")
         self.session, log = _create_session(str(path), options, self.requested)
         self.providers = tuple(self.session.get_providers())
+        if fused and self.graph == "standard" and self.providers == (CPU,):
+            self.graph, path = "fused", bundle.file_path(stage, self.precision, fused=True)
+            self.session, _ = _create_session(str(path), options, [CPU])
         self._check_io(path.name)
         if backend != "auto" and self.providers[0] != self.requested[0]:
             detail = f" ({log.strip().splitlines()[0]})" if log.strip() else ""
