@@ -43,6 +43,10 @@ def test_int8_comes_from_the_fused_graph(int8_bundle):
     assert manifest["quantization"]["int8"]["op_types"] == ["MatMul", "Attention"]
     ops = collections.Counter(n.op_type for n in onnx.load(str(int8_bundle / "denoiser.int8.onnx")).graph.node)
     assert ops["QAttention"] == 4 and ops["Attention"] == 0 and ops["MatMulInteger"] > 0
+    from vdt_runtime.backends import open_backend
+    from vdt_runtime.bundle import Bundle
+
+    assert open_backend(Bundle.load(int8_bundle), "denoiser", "cpu", "int8").graph == "fused"  # says what it runs
 
 
 def test_int8_close_but_not_identical(int8_bundle):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from vdt_runtime.errors import BackendError, InputError
-from vdt_runtime.samplers import SAMPLERS, get_sampler
+from vdt_runtime.samplers import SAMPLERS, get_sampler, standard_normal
 from vdt_runtime.schedule import make_schedule
 
 SHAPE = (2, 3, 2, 4, 4)  # [B, T, C, h, w]
@@ -65,7 +65,7 @@ def _ddpm_reference(x, timesteps, noise_seed, learned=True, v=False):
             log_var = f * np.log(beta[i]) + (1 - f) * log_post[i]
         else:
             log_var = log_post[i]
-        x = mean + (np.exp(0.5 * log_var) * noise.standard_normal(x.shape, dtype=np.float32) if i > 0 else 0.0)
+        x = mean + (np.exp(0.5 * log_var) * standard_normal(noise, x.shape) if i > 0 else 0.0)
     return x
 
 
@@ -78,7 +78,7 @@ def _ddim_reference(x, timesteps, eta, noise_seed, learned=True, v=False):
         sigma = eta * np.sqrt((1 - ac_prev[i]) / (1 - ac[i])) * np.sqrt(1 - ac[i] / ac_prev[i])
         x = np.sqrt(ac_prev[i]) * x0 + np.sqrt(1 - ac_prev[i] - sigma**2) * eps
         if i > 0 and eta > 0:
-            x = x + sigma * noise.standard_normal(x.shape, dtype=np.float32)
+            x = x + sigma * standard_normal(noise, x.shape)
     return x
 
 
@@ -107,7 +107,7 @@ def _dpmpp_reference(x, timesteps, eta=0.0, noise_seed=0):
         else:  # SDE form, written with e^{-h} = (σ_t·α_s)/(α_t·σ_s) instead of λ
             e = (sigma[i - 1] * alpha[i]) / (alpha[i - 1] * sigma[i])
             x = (sigma[i - 1] / sigma[i] * e**eta * x + alpha[i - 1] * (1 - e ** (1 + eta)) * d
-                 + sigma[i - 1] * np.sqrt(1 - e ** (2 * eta)) * noise.standard_normal(x.shape, dtype=np.float32))
+                 + sigma[i - 1] * np.sqrt(1 - e ** (2 * eta)) * standard_normal(noise, x.shape))
     return x
 
 
@@ -314,3 +314,28 @@ def test_runtime_maths_never_imports_torch():
     code = ("import sys, vdt_runtime.schedule, vdt_runtime.samplers, vdt_runtime.masks; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_standard_normal_is_standard_normal_float32():
+    z = standard_normal(np.random.default_rng(0), (3, 1001))  # odd size: the Box–Muller pair split
+    assert z.dtype == np.float32 and z.shape == (3, 1001)
+    big = standard_normal(np.random.default_rng(1), (400_000,)).astype(np.float64)
+    assert abs(big.mean()) < 0.01 and abs(big.std() - 1) < 0.01
+    assert abs((big**3).mean()) < 0.03 and abs((big**4).mean() - 3) < 0.05  # symmetric, normal kurtosis
+    assert abs((np.abs(big) < 1).mean() - 0.6827) < 0.005  # the 1σ mass
+    np.testing.assert_array_equal(standard_normal(np.random.default_rng(2), (5,)),
+                                  standard_normal(np.random.default_rng(2), (5,)))
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_state_stays_float32(name):
+    seen = []
+
+    def denoise(x, t):
+        seen.append(x.dtype)
+        return FakeDenoiser()(x, t)
+
+    s = make_schedule(3)
+    out = get_sampler(name)(denoise, _x_T(), s, rng=np.random.default_rng(0),
+                            callback=lambda i, n, x: seen.append(x.dtype), **({"eta": 1.0} if name != "ddpm" else {}))
+    assert out.dtype == np.float32 and set(seen) == {np.dtype(np.float32)}

@@ -15,7 +15,7 @@ from vdt_runtime.backends import Backend, open_backend
 from vdt_runtime.bundle import STAGES, Bundle, default_bundle_path
 from vdt_runtime.errors import InputError
 from vdt_runtime.masks import TASKS, task_mask, user_mask
-from vdt_runtime.samplers import get_sampler
+from vdt_runtime.samplers import get_sampler, standard_normal
 from vdt_runtime.schedule import Schedule, _check_int, make_schedule
 from vdt_runtime.timing import Timer
 from vdt_runtime.video import read_video
@@ -329,7 +329,7 @@ class Pipeline:
         if given.size:
             with timer.stage("vae_encoder"):
                 x_given[0, given] = self._encode(video[given])
-        x_T = rng.standard_normal(x_given.shape, dtype=np.float32)
+        x_T = standard_normal(rng, x_given.shape)
 
         den = self._den
         names = [spec.name for spec in den.inputs]

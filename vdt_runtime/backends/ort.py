@@ -94,6 +94,9 @@ class OrtBackend(Backend):
         if fused and self.graph == "standard" and self.providers == (CPU,):
             self.graph, path = "fused", bundle.file_path(stage, self.precision, fused=True)
             self.session, _ = _create_session(str(path), options, [CPU])
+        source = bundle.manifest.get("quantization", {}).get(self.precision, {}).get("source")
+        if source is not None and source in spec.fused.values():  # e.g. int8 quantized from the fused graph
+            self.graph = "fused"
         self._check_io(path.name)
         if backend != "auto" and self.providers[0] != self.requested[0]:
             detail = f" ({log.strip().splitlines()[0]})" if log.strip() else ""

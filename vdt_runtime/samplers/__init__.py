@@ -5,6 +5,9 @@ from typing import Callable
 
 from vdt_runtime.errors import InputError
 from vdt_runtime.samplers import ddim, ddpm, dpmpp
+from vdt_runtime.samplers._common import standard_normal
+
+__all__ = ["SAMPLERS", "get_sampler", "standard_normal"]
 
 SAMPLERS: dict[str, Callable] = {"ddpm": ddpm.sample, "ddim": ddim.sample, "dpmpp": dpmpp.sample}
 

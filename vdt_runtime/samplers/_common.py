@@ -1,14 +1,16 @@
 """Shared sampler pieces: input checks, mask compositing, and reading ε / v / variance from the model.
 
 Shapes: x [B, T, C, h, w]; mask [T, h, w] or [B, T, h, w] (1 = generate), held as [1|B, T, 1, h, w].
-The sampler state is float64; the denoiser always sees the float32 composite
-x_in = x_given·(1 − mask) + x_t·mask, and the state itself is never overwritten.
+The sampler state is float32, like the denoiser (the schedule's coefficients are float64 scalars); the denoiser
+always sees the composite x_in = x_given·(1 − mask) + x_t·mask, and the state itself is never overwritten.
+Per step the NumPy work is a handful of array operations plus, for stochastic samplers, one noise draw; at the
+default model's size the noise dominated, hence `standard_normal` below (BENCHMARKS.md §2).
 """
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 
@@ -19,12 +21,22 @@ DenoiseFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x [B,T,C,h,w] f32
 Callback = Callable[[int, int, np.ndarray], None]  # (step 0…n−1, n, composited x f32)
 
 
-class Prediction(NamedTuple):
-    """One denoiser call read out in float64, all [B, T, C, h, w]."""
+class Prediction:
+    """One denoiser call read out, float32 [B, T, C, h, w]: x̂₀ (no clipping in latent space), ε̂ (computed on
+    first use) and the learned-range variance channel in [-1, 1] (None for fixed_small)."""
 
-    eps: np.ndarray  # ε̂
-    x0: np.ndarray  # x̂₀ (no clipping in latent space)
-    var: np.ndarray | None  # learned-range variance channel in [-1, 1], None for fixed_small
+    __slots__ = ("x0", "var", "_eps", "_x", "_head", "_coef")
+
+    def __init__(self, x: np.ndarray, head: np.ndarray, var: np.ndarray | None, coef: tuple, x0: np.ndarray):
+        self.x0, self.var, self._eps = x0, var, None
+        self._x, self._head, self._coef = x, head, coef
+
+    @property
+    def eps(self) -> np.ndarray:
+        if self._eps is None:
+            cx, ch = self._coef
+            self._eps = self._head if cx == 0.0 else cx * self._x + ch * self._head
+        return self._eps
 
 
 class Model:
@@ -49,7 +61,7 @@ class Model:
         self.out_shape = (b, t, out_c, h, w)
 
     def __call__(self, x: np.ndarray, i: int) -> Prediction:
-        """Run the denoiser at schedule index i on the composited state x (float64)."""
+        """Run the denoiser at schedule index i on the composited state x (float32)."""
         s = self.schedule
         t = np.full(x.shape[0], s.timesteps[i], dtype=np.float32)  # [B] original timesteps
         out = np.asarray(self.denoise(self.composite(x), t))
@@ -58,28 +70,25 @@ class Model:
                 f"denoiser returned shape {tuple(out.shape)}; expected {self.out_shape} "
                 f"for variance_type={s.variance_type!r} and latents {tuple(x.shape)}"
             )
-        out = out.astype(np.float64)
+        out = out.astype(np.float32, copy=False)
         head, var = out[:, :, : self.channels], None
         if s.variance_type == "learned_range":
             var = out[:, :, self.channels:]
         a, sig = math.sqrt(s.alphas_cumprod[i]), math.sqrt(1.0 - s.alphas_cumprod[i])
         if s.prediction_type == "v":
-            eps = a * head + sig * x  # ε = √ᾱ·v + √(1−ᾱ)·x_t
             x0 = a * x - sig * head  # x̂₀ = √ᾱ·x_t − √(1−ᾱ)·v
-        else:
-            eps = head
-            x0 = s.sqrt_recip_alphas_cumprod[i] * x - s.sqrt_recipm1_alphas_cumprod[i] * eps
-        return Prediction(eps, x0, var)
+            return Prediction(x, head, var, (sig, a), x0)  # ε = √(1−ᾱ)·x_t + √ᾱ·v
+        x0 = float(s.sqrt_recip_alphas_cumprod[i]) * x - float(s.sqrt_recipm1_alphas_cumprod[i]) * head
+        return Prediction(x, head, var, (0.0, 1.0), x0)  # ε is the head itself
 
     def noise(self) -> np.ndarray:
-        """Standard normal noise shaped like the state, drawn in float32 (half the cost), from the caller's Generator."""
-        return self.rng.standard_normal(self.x_T.shape, dtype=np.float32)
+        """Standard normal float32 noise shaped like the state, from the caller's Generator."""
+        return standard_normal(self.rng, self.x_T.shape)
 
     def composite(self, x: np.ndarray) -> np.ndarray:
-        """x_given·(1 − mask) + x·mask as float32; given cells are copied exactly, not recomputed."""
-        x = x.astype(np.float32)
+        """x_given·(1 − mask) + x·mask as float32 (a new array); given cells are copied exactly, not recomputed."""
         if self.mask is None:
-            return x
+            return x.copy()
         if self._generate is not None:
             return np.where(self._generate, x, self.x_given)
         m, g = self.mask, self.x_given
@@ -90,6 +99,24 @@ class Model:
         """Report step `step` (0 … n−1) of n to the callback with the composited state."""
         if self.callback is not None:
             self.callback(step, self.schedule.steps, self.composite(x))
+
+
+def standard_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """float32 N(0, 1) samples: Box–Muller on float32 uniforms drawn from `rng`.
+
+    The runtime's one source of Gaussian noise (x_T and every stochastic step). numpy's own
+    `standard_normal(dtype=float32)` took 126 µs for one 16×4×16×16 state here against 40 µs for this, and it
+    was most of a DDPM step's NumPy time. Float32 uniforms resolve 2⁻²⁴, so |z| ≤ 5.8: a 1-in-10⁸ tail is cut.
+    """
+    n = math.prod(shape)
+    half = (n + 1) // 2
+    u = rng.random(2 * half, dtype=np.float32)  # [0, 1)
+    radius = np.sqrt(-2.0 * np.log1p(-u[:half]))  # log(1 − u), 1 − u in (0, 1]
+    angle = np.float32(2.0 * math.pi) * u[half:]
+    z = np.empty(2 * half, np.float32)
+    np.multiply(radius, np.cos(angle), out=z[:half])
+    np.multiply(radius, np.sin(angle), out=z[half:])
+    return z[:n].reshape(shape)
 
 
 def no_options(sampler: str, opts: dict) -> None:
@@ -106,7 +133,7 @@ def check_eta(eta) -> float:
 
 
 def _check_latents(name: str, x, shape: tuple | None) -> np.ndarray:
-    """A finite real 5-D array (of `shape` when given), returned as float64."""
+    """A finite real 5-D array (of `shape` when given), returned as float32."""
     x = np.asarray(x)
     if x.ndim != 5 or x.dtype.kind not in "fiu":
         raise InputError(f"{name} must be a real array [B, T, C, h, w], got {x.dtype} {tuple(x.shape)}")
@@ -114,7 +141,7 @@ def _check_latents(name: str, x, shape: tuple | None) -> np.ndarray:
         raise InputError(f"{name} has shape {tuple(x.shape)}; it must match x_T {shape}")
     if not np.isfinite(x).all():
         raise InputError(f"{name} contains NaN or inf")
-    return x.astype(np.float64)
+    return x.astype(np.float32)
 
 
 def _check_mask(mask, x_given, shape: tuple) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -135,4 +162,4 @@ def _check_mask(mask, x_given, shape: tuple) -> tuple[np.ndarray | None, np.ndar
     if np.isnan(m).any() or (m < 0).any() or (m > 1).any():
         raise InputError("mask values must lie in [0, 1] (1 = generate) and not be NaN")
     m = m.reshape((1,) * (4 - m.ndim) + m.shape)[:, :, None]  # [1|B, T, 1, h, w]
-    return m, _check_latents("x_given", x_given, shape).astype(np.float32)
+    return m, _check_latents("x_given", x_given, shape)

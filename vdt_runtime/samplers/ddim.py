@@ -17,11 +17,11 @@ def sample(denoise, x_T, schedule: Schedule, *, rng, mask=None, x_given=None, ca
     model = Model(denoise, x_T, schedule, rng=rng, mask=mask, x_given=x_given, callback=callback)
     s, x = schedule, model.x_T
     for step, i in enumerate(reversed(range(s.steps))):
-        eps, x0, _ = model(x, i)
-        a, a_prev = s.alphas_cumprod[i], s.alphas_cumprod_prev[i]
+        p = model(x, i)
+        a, a_prev = float(s.alphas_cumprod[i]), float(s.alphas_cumprod_prev[i])
         sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))  # 0 at i = 0
         # η > 1 can push σ² past 1 − ᾱ_prev; the direction term then vanishes rather than go imaginary
-        x = math.sqrt(a_prev) * x0 + math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * eps
+        x = math.sqrt(a_prev) * p.x0 + math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * p.eps
         if sigma > 0.0:
             x = x + sigma * model.noise()
         model.step_done(step, x)

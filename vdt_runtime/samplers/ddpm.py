@@ -1,6 +1,8 @@
 """DDPM ancestral sampler, as the official VDT sampler: posterior mean, learned-range variance, no clipping."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from vdt_runtime.samplers._common import Model, no_options
@@ -13,10 +15,12 @@ def sample(denoise, x_T, schedule: Schedule, *, rng, mask=None, x_given=None, ca
     model = Model(denoise, x_T, schedule, rng=rng, mask=mask, x_given=x_given, callback=callback)
     s, x = schedule, model.x_T
     for step, i in enumerate(reversed(range(s.steps))):
-        eps, x0, var = model(x, i)
-        mean = s.posterior_mean_coef1[i] * x0 + s.posterior_mean_coef2[i] * x
+        p = model(x, i)
+        mean = float(s.posterior_mean_coef1[i]) * p.x0 + float(s.posterior_mean_coef2[i]) * x
         if i > 0:  # no noise at the final step
-            x = mean + np.exp(0.5 * _log_variance(s, var, i)) * model.noise()
+            log_var = _log_variance(s, p.var, i)
+            std = math.exp(0.5 * log_var) if np.ndim(log_var) == 0 else np.exp(0.5 * log_var)
+            x = mean + std * model.noise()
         else:
             x = mean
         model.step_done(step, x)
@@ -24,9 +28,9 @@ def sample(denoise, x_T, schedule: Schedule, *, rng, mask=None, x_given=None, ca
 
 
 def _log_variance(s: Schedule, var: np.ndarray | None, i: int):
-    """log σ² = f·log β + (1 − f)·log β̃ with f = (v + 1)/2; the clipped log β̃ for fixed_small."""
-    min_log = s.posterior_log_variance_clipped[i]
+    """log σ² = f·log β + (1 − f)·log β̃ with f = (v + 1)/2; the clipped log β̃ (a float) for fixed_small."""
+    min_log = float(s.posterior_log_variance_clipped[i])
     if var is None:
         return min_log
     frac = (var + 1.0) / 2.0
-    return frac * np.log(s.betas[i]) + (1.0 - frac) * min_log
+    return frac * math.log(s.betas[i]) + (1.0 - frac) * min_log

@@ -29,7 +29,7 @@ def sample(denoise, x_T, schedule: Schedule, *, rng, mask=None, x_given=None, ca
         if i == 0:
             x = x0  # σ → 0: the first-order step lands exactly on x̂₀
         else:
-            h = lam[i - 1] - lam[i]
+            h = float(lam[i - 1] - lam[i])
             d = x0
             if x0_prev is not None:
                 r = h_prev / h
