@@ -81,7 +81,8 @@ def _models(args, tmp: Path) -> tuple[Path, Path, str]:
     return tmp / "default-random", tmp / "ckpt", "train_tiny configs, RANDOM weights (engines/default missing)"
 
 
-def outside_share(bundle: Path, steps: int, repeats: int, spinning: bool = True) -> list[dict]:
+def outside_share(bundle: Path, steps: int, repeats: int, spinning: bool = True, sampler: str = "ddpm",
+                  eta: float = 0.0) -> list[dict]:
     """Rows: where predict's wall time goes, from the pipeline's own timings (median over repeats).
     `spinning` is the onnxruntime intra-op busy-wait session option (Pipeline.load(..., spinning=...))."""
     from vdt_export import bouncing
@@ -92,7 +93,7 @@ def outside_share(bundle: Path, steps: int, repeats: int, spinning: bool = True)
     samples = []
     for _ in range(repeats + 1):  # the first is a warm-up
         start = time.perf_counter()
-        res = pipe.predict(frames, cond=COND, total=TOTAL, steps=steps, seed=0, timings=True)
+        res = pipe.predict(frames, cond=COND, total=TOTAL, steps=steps, sampler=sampler, eta=eta, seed=0, timings=True)
         samples.append((time.perf_counter() - start, res.timings))
     samples = samples[1:]
     wall = median([w for w, _ in samples])
@@ -101,7 +102,7 @@ def outside_share(bundle: Path, steps: int, repeats: int, spinning: bool = True)
     backend = stage["denoiser"] + stage["vae_encoder"] + stage["vae_decoder"]
     outside = median([w - t["denoiser"] - t.get("vae_encoder", 0) - t.get("vae_decoder", 0) for w, t in samples])
     prov = ", ".join(pipe.providers["denoiser"])
-    tag = "" if spinning else "[spinning=False] "
+    tag = f"[{sampler}{f' η={eta:g}' if eta else ''} {steps}{'' if spinning else ', spinning=False'}] "
     rows = [
         {"measure": "predict wall time", "value": f"{wall:.3f} s", "target": "", "providers": prov},
         {"measure": "  in backend calls (denoiser + VAE)", "value": f"{backend:.3f} s", "target": "", "providers": prov},
@@ -125,12 +126,17 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--spinning", choices=["on", "off", "both"], default="both",
                     help="onnxruntime intra-op spinning for the outside-backend share (default: both, on first)")
+    ap.add_argument("--also", nargs="*", default=["dpmpp:20:1", "ddim:20"], metavar="SAMPLER:STEPS[:ETA]",
+                    help="more samplers for the outside-backend share (spinning on); default dpmpp:20:1 ddim:20")
     args = ap.parse_args(argv)
     here = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="vdt-overheads-") as tmp:
         bundle, ckpt, source = _models(args, Path(tmp))
         share = [row for spin in {"on": [True], "off": [False], "both": [True, False]}[args.spinning]
                  for row in outside_share(bundle, args.steps, args.repeats, spinning=spin)]
+        for run in args.also:
+            sampler, steps, eta = (run.split(":") + ["0"])[:3]
+            share += outside_share(bundle, int(steps), args.repeats, sampler=sampler, eta=float(eta))
         cold = {"ORT": [], "torch": []}
         for _ in range(args.repeats):  # interleaved
             cold["ORT"].append(_child(_ORT_CHILD, bundle, 0))

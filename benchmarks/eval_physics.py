@@ -113,7 +113,8 @@ def main(argv=None):
     pipe = Pipeline.load(args.bundle, backend=args.backend, precision=args.precision)
     res = evaluate(pipe, args.clips, args.steps, args.sampler, args.seed)
     print(f"bundle {args.bundle} · {args.clips} held-out clips · {args.sampler} {args.steps} steps · "
-          f"providers {pipe.providers['denoiser']} · {res['seconds']:.1f} s")
+          f"providers {pipe.providers['denoiser']} · precision {pipe.backends['denoiser'].precision} "
+          f"({pipe.graphs['denoiser']} graph) · {res['seconds']:.1f} s")
     print(report(res, args.clips))
     if args.json:
         means = {n: {k: float(v.mean()) for k, v in r.items()} for n, r in res["arrays"].items()}

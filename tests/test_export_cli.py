@@ -59,6 +59,15 @@ def test_onnx_random_init_then_verify(tmp_path, capsys):
     out_text = capsys.readouterr().out
     assert "PASS" in out_text
     assert any(line.startswith("denoiser") and line.split()[2] == "3" for line in out_text.splitlines())
+    assert any(line.startswith("denoiser (fused)") and line.split()[3] == "3" for line in out_text.splitlines())
+
+
+def test_onnx_no_fused_writes_the_standard_graph_only(tmp_path):
+    out = tmp_path / "plain"
+    assert main(["onnx", "--random-init", "1", "--vae-config", "tiny", "--config", "VDT-tiny", "--image-size", "8",
+                 "--num-frames", "2", "--no-fused", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "fused" not in manifest["stages"]["denoiser"] and not (out / "denoiser.fused.onnx").exists()
 
 
 def test_checkpoint_export_errors_are_clear(tmp_path, capsys):

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--scale-factor", type=float, help="VAE latent scale (default: the VAE config's, 0.18215 for SD)")
     onnx.add_argument("--out", type=Path, required=True, help="bundle folder, e.g. engines/NAME")
     onnx.add_argument("--name", help="bundle name (default: the --out folder's name)")
+    onnx.add_argument("--no-fused", dest="fused", action="store_false",
+                      help="skip denoiser.fused.onnx (the onnxruntime-fused graph the CPU backend prefers)")
     onnx.add_argument("--verbose", action="store_true", help="show the exporter's own output")
 
     verify = sub.add_parser("verify", help="compare a bundle's ONNX stages with the torch modules")
@@ -101,7 +103,8 @@ def _cmd_onnx(args) -> int:
         diffusion["variance_type"] = args.variance_type
     out = export_bundle(vdt, vae, args.out, name=args.name or args.out.name, image_size=vdt.config.input_size * f,
                         scale_factor=args.scale_factor or float(vae.config.scaling_factor), diffusion=diffusion,
-                        max_frames=args.max_frames, max_batch=args.max_batch, training=source, verbose=args.verbose)
+                        max_frames=args.max_frames, max_batch=args.max_batch, training=source, fused=args.fused,
+                        verbose=args.verbose)
     print(f"wrote bundle {out} (VDT {vdt.config.depth}×{vdt.config.hidden_size}, "
           f"T ≤ {args.max_frames or vdt.config.num_frames}, image {vdt.config.input_size * f}px)")
     return 0
