@@ -10,7 +10,10 @@
    diffusers` + loading the checkpoint.
 3. Peak RSS (/proc VmHWM; ru_maxrss also shown) of a fresh process doing one full predict (8 → 16 frames, DDPM): target ≤ 300 MiB.
 Without engines/default (or the checkpoint) a bundle + checkpoint of train_tiny's configs with random weights
-is written to a temp folder.
+is written to a temp folder. `--vdt-s2` measures only part 1, on a random VDT-S/2 (16 frames, 32×32×4 latents,
+the tiny VAE), to show the share at a realistic denoiser size:
+
+    python benchmarks/bench_overheads.py --vdt-s2 --steps 5 --repeats 3 --spinning on --also
 """
 from __future__ import annotations
 
@@ -89,7 +92,8 @@ def outside_share(bundle: Path, steps: int, repeats: int, spinning: bool = True,
     from vdt_runtime import Pipeline
 
     pipe = Pipeline.load(bundle, backend="cpu", spinning=spinning)
-    frames = bouncing.clip(bouncing.EVAL_SEED_BASE)[:COND]
+    k = pipe.image_size // bouncing.SIZE  # larger bundles get the clip upsampled (nearest)
+    frames = bouncing.clip(bouncing.EVAL_SEED_BASE)[:COND].repeat(k, axis=1).repeat(k, axis=2)
     samples = []
     for _ in range(repeats + 1):  # the first is a warm-up
         start = time.perf_counter()
@@ -118,6 +122,23 @@ def outside_share(bundle: Path, steps: int, repeats: int, spinning: bool = True,
     return rows
 
 
+def _vdt_s2_share(args, tmp: Path) -> None:
+    from _common import random_bundle
+    from vdt_export.models import config_from_name
+    from vdt_export.vae import tiny_vae_config
+
+    bundle = tmp / "vdt-s2"
+    random_bundle(bundle, config_from_name("VDT-S/2", input_size=32, num_frames=TOTAL), tiny_vae_config(), int8=False)
+    spins = {"on": [True], "off": [False], "both": [True, False]}[args.spinning]
+    share = [row for spin in spins for row in outside_share(bundle, args.steps, args.repeats, spinning=spin)]
+    for run in args.also:
+        sampler, steps, eta = (run.split(":") + ["0"])[:3]
+        share += outside_share(bundle, int(steps), args.repeats, sampler=sampler, eta=float(eta))
+    print(f"{machine()}\nmodel: random VDT-S/2, 32×32×4 latents (64² images, tiny VAE) · batch 1 · {TOTAL} frames "
+          f"· fp32\n")
+    print(table(share, ("measure", "value", "target", "providers")))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=ROOT / "engines" / "default")
@@ -126,11 +147,14 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--spinning", choices=["on", "off", "both"], default="both",
                     help="onnxruntime intra-op spinning for the outside-backend share (default: both, on first)")
+    ap.add_argument("--vdt-s2", action="store_true", help="only the outside-backend share, on a random VDT-S/2")
     ap.add_argument("--also", nargs="*", default=["dpmpp:20:1", "ddim:20"], metavar="SAMPLER:STEPS[:ETA]",
                     help="more samplers for the outside-backend share (spinning on); default dpmpp:20:1 ddim:20")
     args = ap.parse_args(argv)
     here = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="vdt-overheads-") as tmp:
+        if args.vdt_s2:
+            return _vdt_s2_share(args, Path(tmp))
         bundle, ckpt, source = _models(args, Path(tmp))
         share = [row for spin in {"on": [True], "off": [False], "both": [True, False]}[args.spinning]
                  for row in outside_share(bundle, args.steps, args.repeats, spinning=spin)]

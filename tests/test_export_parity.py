@@ -15,9 +15,10 @@ def _session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-@pytest.fixture(scope="module")
-def denoiser(tiny_bundle):
-    return _session(tiny_bundle / "denoiser.onnx")
+@pytest.fixture(scope="module", params=["denoiser.onnx", "denoiser.fused.onnx"])
+def denoiser(tiny_bundle, request):
+    """The standard graph and the onnxruntime-fused one: both must match torch."""
+    return _session(tiny_bundle / request.param)
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -83,14 +84,15 @@ def test_torch_model_refuses_too_many_frames(tiny_models):
 
 
 @pytest.mark.slow
-def test_vdt_s2_export_parity(tmp_path):
+@pytest.mark.parametrize("fused", [False, True], ids=["standard", "fused"])
+def test_vdt_s2_export_parity(tmp_path, fused):
     """A random VDT-S/2 (16 frames, 32×32 latents) exported once, checked at T = 1, 4, 8, 16."""
     from vdt_export.checkpoint import randomize_
     from vdt_export.models import VDT, config_from_name
     from vdt_export.onnx_export import export_denoiser
 
     vdt = randomize_(VDT(config_from_name("VDT-S/2", input_size=32, num_frames=16)), seed=3).eval()
-    sess = _session(export_denoiser(vdt, tmp_path / "denoiser.onnx", max_batch=2))
+    sess = _session(export_denoiser(vdt, tmp_path / "denoiser.onnx", max_batch=2, fused=fused))
     rng = np.random.default_rng(0)
     for frames in (1, 4, 8, 16):
         latents = rng.standard_normal((1, frames, 4, 32, 32)).astype(np.float32)
@@ -99,6 +101,6 @@ def test_vdt_s2_export_parity(tmp_path):
         with torch.no_grad():
             want = vdt(torch.from_numpy(latents), torch.from_numpy(timestep)).numpy()
         err = np.abs(got - want)
-        print(f"VDT-S/2 T={frames}: max abs err {err.max():.3e}, mean {err.mean():.3e}, "
+        print(f"VDT-S/2 {'fused' if fused else 'standard'} T={frames}: max abs err {err.max():.3e}, mean {err.mean():.3e}, "
               f"|out| {np.abs(want).mean():.3f}")
         assert err.max() <= TOL
