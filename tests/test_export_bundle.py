@@ -73,6 +73,9 @@ def test_export_without_fused_graph(tiny_models, tmp_path):
     out = export_bundle(vdt, vae, tmp_path / "plain", name="plain", image_size=16, fused=False)
     m = _manifest(out)
     assert "fused" not in m["stages"]["denoiser"] and "denoiser.fused.onnx" not in m["files"]
+    from vdt_runtime import Pipeline
+
+    assert Pipeline.load(out, backend="cpu").graphs["denoiser"] == "standard"  # bundles without one still load
 
 
 def test_write_manifest_adds_a_new_file(tiny_bundle, tmp_path):
