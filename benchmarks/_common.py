@@ -1,6 +1,7 @@
 """Benchmark plumbing: machine description, interleaved median timing, markdown tables, random bundles."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -54,6 +55,14 @@ def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, warmu
             fn()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def parse_run(text: str) -> tuple[str, int, float]:
+    """'sampler:steps' or 'sampler:steps:eta' → (sampler, steps, eta)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"expected sampler:steps[:eta], got {text!r}")
+    return parts[0], int(parts[1]), float(parts[2]) if len(parts) == 3 else 0.0
 
 
 def median(xs: list[float]) -> float:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine, median, table, training_running  # noqa: E402
+from _common import ROOT, machine, median, parse_run, table, training_running  # noqa: E402
 
 COND, TOTAL = 8, 16
 
@@ -122,6 +122,15 @@ def outside_share(bundle: Path, steps: int, repeats: int, spinning: bool = True,
     return rows
 
 
+def shares(bundle: Path, args) -> list[dict]:
+    """outside_share rows: DDPM at --steps with each --spinning setting, then each --also run (spinning on)."""
+    spins = {"on": [True], "off": [False], "both": [True, False]}[args.spinning]
+    rows = [row for spin in spins for row in outside_share(bundle, args.steps, args.repeats, spinning=spin)]
+    for sampler, steps, eta in args.also:
+        rows += outside_share(bundle, steps, args.repeats, sampler=sampler, eta=eta)
+    return rows
+
+
 def _vdt_s2_share(args, tmp: Path) -> None:
     from _common import random_bundle
     from vdt_export.models import config_from_name
@@ -129,11 +138,7 @@ def _vdt_s2_share(args, tmp: Path) -> None:
 
     bundle = tmp / "vdt-s2"
     random_bundle(bundle, config_from_name("VDT-S/2", input_size=32, num_frames=TOTAL), tiny_vae_config(), int8=False)
-    spins = {"on": [True], "off": [False], "both": [True, False]}[args.spinning]
-    share = [row for spin in spins for row in outside_share(bundle, args.steps, args.repeats, spinning=spin)]
-    for run in args.also:
-        sampler, steps, eta = (run.split(":") + ["0"])[:3]
-        share += outside_share(bundle, int(steps), args.repeats, sampler=sampler, eta=float(eta))
+    share = shares(bundle, args)
     print(f"{machine()}\nmodel: random VDT-S/2, 32×32×4 latents (64² images, tiny VAE) · batch 1 · {TOTAL} frames "
           f"· fp32\n")
     print(table(share, ("measure", "value", "target", "providers")))
@@ -148,7 +153,8 @@ def main(argv=None):
     ap.add_argument("--spinning", choices=["on", "off", "both"], default="both",
                     help="onnxruntime intra-op spinning for the outside-backend share (default: both, on first)")
     ap.add_argument("--vdt-s2", action="store_true", help="only the outside-backend share, on a random VDT-S/2")
-    ap.add_argument("--also", nargs="*", default=["dpmpp:20:1", "ddim:20"], metavar="SAMPLER:STEPS[:ETA]",
+    ap.add_argument("--also", nargs="*", type=parse_run, default=[("dpmpp", 20, 1.0), ("ddim", 20, 0.0)],
+                    metavar="SAMPLER:STEPS[:ETA]",
                     help="more samplers for the outside-backend share (spinning on); default dpmpp:20:1 ddim:20")
     args = ap.parse_args(argv)
     here = Path(__file__).resolve().parent
@@ -156,11 +162,7 @@ def main(argv=None):
         if args.vdt_s2:
             return _vdt_s2_share(args, Path(tmp))
         bundle, ckpt, source = _models(args, Path(tmp))
-        share = [row for spin in {"on": [True], "off": [False], "both": [True, False]}[args.spinning]
-                 for row in outside_share(bundle, args.steps, args.repeats, spinning=spin)]
-        for run in args.also:
-            sampler, steps, eta = (run.split(":") + ["0"])[:3]
-            share += outside_share(bundle, int(steps), args.repeats, sampler=sampler, eta=float(eta))
+        share = shares(bundle, args)
         cold = {"ORT": [], "torch": []}
         for _ in range(args.repeats):  # interleaved
             cold["ORT"].append(_child(_ORT_CHILD, bundle, 0))

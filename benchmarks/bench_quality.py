@@ -13,21 +13,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine, table, training_running  # noqa: E402
+from _common import ROOT, machine, parse_run, table, training_running  # noqa: E402
 from eval_physics import evaluate, paired  # noqa: E402
 
 RUNS = [("ddpm", 250, 0.0), ("ddpm", 100, 0.0), ("ddpm", 50, 0.0), ("ddim", 10, 0.0), ("ddim", 20, 0.0),
         ("ddim", 50, 0.0), ("dpmpp", 10, 0.0), ("dpmpp", 20, 0.0), ("dpmpp", 50, 0.0),
         ("dpmpp", 10, 1.0), ("dpmpp", 20, 1.0), ("dpmpp", 50, 1.0)]
 REFERENCE = ("ddpm", 250, 0.0)
-
-
-def parse_run(text: str) -> tuple[str, int, float]:
-    """'sampler:steps' or 'sampler:steps:eta' → (sampler, steps, eta)."""
-    parts = text.split(":")
-    if len(parts) not in (2, 3):
-        raise argparse.ArgumentTypeError(f"expected sampler:steps[:eta], got {text!r}")
-    return parts[0], int(parts[1]), float(parts[2]) if len(parts) == 3 else 0.0
 
 
 def main(argv=None):

@@ -23,14 +23,11 @@ def with_sdpa(vdt):
     import copy
     import types
 
-    import torch.nn.functional as F
+    from vdt_export.models import Attention, sdpa_attention
 
-    from vdt_export.models import Attention
-
-    def forward(self, x):
-        b, n = x.shape[:2]
-        q, k, v = self.qkv(x).flatten(0, 1).unflatten(2, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2).unflatten(0, (b, n)))
+    def forward(self, x):  # x [B, X, L, D]
+        out = sdpa_attention(x.flatten(0, 1), self.qkv.weight, self.qkv.bias, self.num_heads)
+        return self.proj(out.unflatten(0, x.shape[:2]))
 
     fast = copy.deepcopy(vdt)
     for m in fast.modules():

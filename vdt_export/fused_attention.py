@@ -20,11 +20,10 @@ from collections.abc import Iterator
 import onnx
 import onnxscript
 import torch
-import torch.nn.functional as F
 from onnx.defs import OpSchema
 from onnxscript import opset20 as op
 
-from .models import VDT, Attention
+from .models import VDT, Attention, sdpa_attention
 
 OPSET = 20  # ONNX Gelu (tanh) exists from 20; onnxruntime fuses it with the bias into FastGelu
 DOMAIN = "com.microsoft"
@@ -32,9 +31,8 @@ DOMAIN = "com.microsoft"
 
 @torch.library.custom_op("vdt::attention", mutates_args=())
 def fused_attention(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Self-attention over axis 1 of x [S, L, D] with nn.Linear's packed qkv weight [3D, D] and bias [3D]."""
-    q, k, v = F.linear(x, weight, bias).unflatten(2, (3, num_heads, -1)).permute(2, 0, 3, 1, 4)
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+    """models.sdpa_attention as one opaque op, so torch.export keeps it as a single node."""
+    return sdpa_attention(x, weight, bias, num_heads)
 
 
 @fused_attention.register_fake

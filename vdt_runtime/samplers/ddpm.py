@@ -18,19 +18,18 @@ def sample(denoise, x_T, schedule: Schedule, *, rng, mask=None, x_given=None, ca
         p = model(x, i)
         mean = float(s.posterior_mean_coef1[i]) * p.x0 + float(s.posterior_mean_coef2[i]) * x
         if i > 0:  # no noise at the final step
-            log_var = _log_variance(s, p.var, i)
-            std = math.exp(0.5 * log_var) if np.ndim(log_var) == 0 else np.exp(0.5 * log_var)
-            x = mean + std * model.noise()
+            x = mean + _std(s, p.var, i) * model.noise()
         else:
             x = mean
         model.step_done(step, x)
     return model.composite(x)
 
 
-def _log_variance(s: Schedule, var: np.ndarray | None, i: int):
-    """log σ² = f·log β + (1 − f)·log β̃ with f = (v + 1)/2; the clipped log β̃ (a float) for fixed_small."""
+def _std(s: Schedule, var: np.ndarray | None, i: int):
+    """σ = exp(½·log σ²), log σ² = f·log β + (1 − f)·log β̃ with f = (v + 1)/2; for fixed_small the clipped
+    log β̃, as a Python float so a float32 state stays float32."""
     min_log = float(s.posterior_log_variance_clipped[i])
     if var is None:
-        return min_log
+        return math.exp(0.5 * min_log)
     frac = (var + 1.0) / 2.0
-    return frac * math.log(s.betas[i]) + (1.0 - frac) * min_log
+    return np.exp(0.5 * (frac * math.log(s.betas[i]) + (1.0 - frac) * min_log))
