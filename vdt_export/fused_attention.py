@@ -3,7 +3,7 @@
 onnxruntime's Attention operator takes the input [S, L, D] with the packed q/k/v weight [D, 3D] and bias [3D]
 and does the projection, the head split, softmax(QKᵀ/√d)·V and the head merge in one kernel, so the graph
 loses the bias Add, the q/k/v Transpose + Split and the output Transpose of each attention (on a random VDT-S/2
-at 16 frames, 32×32 latent, one CPU call went from 0.90 to 0.75 s; BENCHMARKS.md). The dynamic INT8 quantizer
+at 16 frames, 32×32 latent, one CPU call went from 0.92 to 0.74 s; BENCHMARKS.md §1(c)). The dynamic INT8 quantizer
 turns it into `QAttention`. Only onnxruntime runs these operators (CPU and CUDA providers), so a bundle keeps
 the portable graph for TensorRT and other runtimes and lists this one beside it (docs/bundle-format.md).
 
