@@ -5,7 +5,7 @@
 1. Share of predict wall time spent outside the ONNX Runtime calls (NumPy sampler, mask assembly, validation,
    uint8 conversion), from the pipeline's own per-stage timings; per step, the NumPy sampler time vs the
    denoiser call time. Target ≤ 1 %. `--spinning both` (default) measures it with onnxruntime's intra-op
-   spinning on (its default) and off (`Pipeline.load(..., spinning=False)`).
+   spinning on (its default) and off (`Pipeline.load(..., options={"spinning": False})`).
 2. Cold start in a fresh interpreter: `import vdt_runtime` + `Pipeline.load` (target ≤ 1 s); torch: `import torch,
    diffusers` + loading the checkpoint.
 3. Peak RSS (/proc VmHWM; ru_maxrss also shown) of a fresh process doing one full predict (8 → 16 frames, DDPM): target ≤ 300 MiB.
@@ -87,11 +87,11 @@ def _models(args, tmp: Path) -> tuple[Path, Path, str]:
 def outside_share(bundle: Path, steps: int, repeats: int, spinning: bool = True, sampler: str = "ddpm",
                   eta: float = 0.0) -> list[dict]:
     """Rows: where predict's wall time goes, from the pipeline's own timings (median over repeats).
-    `spinning` is the onnxruntime intra-op busy-wait session option (Pipeline.load(..., spinning=...))."""
+    `spinning` is the onnxruntime intra-op busy-wait session option (Pipeline.load(..., options={"spinning": ...}))."""
     from vdt_export import bouncing
     from vdt_runtime import Pipeline
 
-    pipe = Pipeline.load(bundle, backend="cpu", spinning=spinning)
+    pipe = Pipeline.load(bundle, backend="cpu", options={"spinning": spinning})
     k = pipe.image_size // bouncing.SIZE  # larger bundles get the clip upsampled (nearest)
     frames = bouncing.clip(bouncing.EVAL_SEED_BASE)[:COND].repeat(k, axis=1).repeat(k, axis=2)
     samples = []

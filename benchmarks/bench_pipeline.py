@@ -9,7 +9,7 @@
 (b) a random VDT-S/2 (16 frames, 32×32×4 latents, ε + learned-range): the denoising loop only (sampler +
     denoiser, DDPM, predict mask); the VAE is excluded.
 ORT fp32 runs the bundle's onnxruntime-fused denoiser (com.microsoft.Attention); "ORT fp32 standard" the same
-model as standard ONNX operators (`fused=False`), the graph TensorRT builds from. INT8 is `vdt_export.quantize`
+model as standard ONNX operators (`options={"fused": False}`), the graph TensorRT builds from. INT8 is `vdt_export.quantize`
 dynamic quantization of the fused graph. (b) also times torch with F.scaled_dot_product_attention, the attention
 the original code gets from timm. `--variants` adds ORT fp32 rows with other session options.
 """
@@ -64,10 +64,10 @@ def part_a(args, tmp: Path) -> tuple[list[dict], str]:
         source = "train_tiny configs, RANDOM weights (engines/default or checkpoint missing)"
     frames = bouncing.clip(bouncing.EVAL_SEED_BASE)
     pipes = {"ORT fp32": Pipeline.load(bundle, backend="cpu"),
-             "ORT fp32 standard": Pipeline.load(bundle, backend="cpu", fused=False),
+             "ORT fp32 standard": Pipeline.load(bundle, backend="cpu", options={"fused": False}),
              "ORT int8": Pipeline.load(_int8_copy(bundle, tmp), backend="cpu", precision="int8")}
     if args.variants:
-        pipes.update({f"ORT fp32 {k}": Pipeline.load(bundle, backend="cpu", **v) for k, v in VARIANTS.items()})
+        pipes.update({f"ORT fp32 {k}": Pipeline.load(bundle, backend="cpu", options=v) for k, v in VARIANTS.items()})
     kw = dict(cond=COND, total=TOTAL, steps=args.steps, sampler="ddpm", seed=0)
     contenders = {"torch eager": lambda: ref.predict(frames, cond=COND, total=TOTAL, steps=args.steps)}
     contenders.update({name: (lambda p=p: p.predict(frames[:COND], **kw)) for name, p in pipes.items()})
@@ -112,10 +112,10 @@ def part_b(args, tmp: Path) -> tuple[list[dict], str]:
         return loop
 
     backends = {"ORT fp32": open_backend(bundle, "denoiser", "cpu", "fp32"),
-                "ORT fp32 standard": open_backend(bundle, "denoiser", "cpu", "fp32", fused=False),
+                "ORT fp32 standard": open_backend(bundle, "denoiser", "cpu", "fp32", {"fused": False}),
                 "ORT int8": open_backend(bundle, "denoiser", "cpu", "int8")}
     if args.variants:
-        backends.update({f"ORT fp32 {k}": open_backend(bundle, "denoiser", "cpu", "fp32", **v)
+        backends.update({f"ORT fp32 {k}": open_backend(bundle, "denoiser", "cpu", "fp32", v)
                          for k, v in VARIANTS.items()})
     tg, tm = torch.from_numpy(x_given), torch.from_numpy(mask)[None, :, None]
     torch_ddpm = TorchDDPM(args.steps)

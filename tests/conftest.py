@@ -38,4 +38,4 @@ def tiny_pipeline(tiny_bundle):
     """One CPU Pipeline (1 intra-op thread) on `tiny_bundle`, shared: Pipeline calls keep no state between them."""
     from vdt_runtime import Pipeline
 
-    return Pipeline.load(tiny_bundle, backend="cpu", threads=1)
+    return Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1})

@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 
-from vdt_runtime.backends import BACKENDS, open_backend
+from vdt_runtime.backends import BACKENDS, available, open_backend, runnable
 from vdt_runtime.backends import ort as ort_backend
-from vdt_runtime.bundle import Bundle
+from vdt_runtime.bundle import STAGES, Bundle
 from vdt_runtime.errors import BackendError, BundleError, InputError
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -22,7 +22,7 @@ def bundle(tiny_bundle):
 
 
 def test_cpu_backend_runs_and_reports_providers(bundle):
-    b = open_backend(bundle, "denoiser", "cpu", threads=1)
+    b = open_backend(bundle, "denoiser", "cpu", options={"threads": 1})
     assert b.providers == (CPU,) and b.name == "onnxruntime" and b.precision == "fp32"
     assert [s.name for s in b.inputs] == ["latents", "timestep"]
     x = np.random.default_rng(0).standard_normal((1, 3, 4, 8, 8)).astype(np.float32)
@@ -34,8 +34,8 @@ def test_cpu_backend_runs_and_reports_providers(bundle):
 def test_fused_graph_on_cpu_and_standard_on_request(bundle):
     x = np.random.default_rng(1).standard_normal((2, 3, 4, 8, 8)).astype(np.float32)
     feed = {"latents": x, "timestep": np.array([5.0, 900.0], np.float32)}
-    fused = open_backend(bundle, "denoiser", "cpu", threads=1)
-    standard = open_backend(bundle, "denoiser", "cpu", threads=1, fused=False)
+    fused = open_backend(bundle, "denoiser", "cpu", options={"threads": 1})
+    standard = open_backend(bundle, "denoiser", "cpu", options={"threads": 1, "fused": False})
     assert (fused.graph, standard.graph) == ("fused", "standard") and "(fused)" in repr(fused)
     assert open_backend(bundle, "vae_decoder", "cpu").graph == "standard"  # no fused file for the VAE
     np.testing.assert_allclose(fused.run(feed)["model_out"], standard.run(feed)["model_out"], atol=1e-4, rtol=0)
@@ -43,7 +43,9 @@ def test_fused_graph_on_cpu_and_standard_on_request(bundle):
 
 def test_auto_that_lands_on_cpu_alone_gets_the_fused_graph(bundle):
     b = open_backend(bundle, "denoiser", "auto")
-    if b.providers == (CPU,):  # no usable GPU here, whatever onnxruntime lists
+    if b.name != "onnxruntime":  # auto chose another CPU backend (e.g. OpenVINO)
+        assert b.graph == "standard"
+    elif b.providers == (CPU,):  # no usable GPU here, whatever onnxruntime lists
         assert b.graph == "fused"
     else:  # a GPU provider really runs: contrib operators stay out of it
         assert b.graph == "standard"
@@ -51,16 +53,18 @@ def test_auto_that_lands_on_cpu_alone_gets_the_fused_graph(bundle):
 
 def test_provider_lists():
     assert ort_backend.provider_list("cpu") == [CPU]
-    auto = ort_backend.provider_list("auto")
+    auto = ort_backend.provider_list("ort-auto")
     assert auto[-1] == CPU and set(auto) <= set(ort_backend.available_providers())
     order = ["TensorrtExecutionProvider", CUDA, CPU]
     assert auto == sorted(auto, key=order.index)
 
 
 def test_unknown_backend_lists_choices(bundle):
-    with pytest.raises(InputError, match="'metal'.*auto, cpu, cuda, tensorrt"):
+    with pytest.raises(InputError, match="'metal'.*auto, cpu, cuda, ort-tensorrt"):
         open_backend(bundle, "denoiser", "metal")
-    assert set(BACKENDS) == {"auto", "cpu", "cuda", "tensorrt"}
+    with pytest.raises(InputError, match="'tensorrt'.*ort-tensorrt"):  # the onnxruntime TensorRT provider's old name
+        open_backend(bundle, "denoiser", "tensorrt") if "tensorrt" not in BACKENDS else open_backend(bundle, "x", 1)
+    assert {"cpu", "cuda", "ort-tensorrt"} <= set(BACKENDS)
 
 
 def test_cuda_request_falls_back_loudly(bundle):
@@ -81,28 +85,49 @@ def test_cuda_request_falls_back_loudly(bundle):
 
 def test_cuda_missing_from_onnxruntime_is_an_error(bundle, monkeypatch):
     monkeypatch.setattr(ort_backend.ort, "get_available_providers", lambda: [CPU])
-    with pytest.raises(BackendError, match="backend 'cuda' needs CUDAExecutionProvider"):
+    with pytest.raises(BackendError, match="backend 'cuda' is not available here.*does not offer CUDAExecutionProvider"):
         open_backend(bundle, "denoiser", "cuda")
-    assert ort_backend.provider_list("auto") == [CPU]
+    assert ort_backend.provider_list("ort-auto") == [CPU]
 
 
 @pytest.mark.parametrize("level", ["disable", "basic", "extended", "all"])
 def test_graph_optimization_levels(bundle, level):
-    b = open_backend(bundle, "vae_decoder", "cpu", graph_optimization=level)
+    b = open_backend(bundle, "vae_decoder", "cpu", options={"graph_optimization": level})
     out = b.run({"latents": np.zeros((2, 4, 8, 8), np.float32)})["images"]
     assert out.shape == (2, 3, 16, 16)
 
 
 @pytest.mark.parametrize("opts,match", [({"graph_optimization": "max"}, "'max'.*disable, basic, extended, all"),
-                                        ({"threads": 0}, "threads"), ({"threads": 1.5}, "threads")])
+                                        ({"threads": 0}, "threads"), ({"threads": 1.5}, "threads"),
+                                        ({"fused": "no"}, "fused must be True or False"),
+                                        ({"device": "GPU"}, "'cpu' does not take option.*'device'.*threads, "
+                                                            "graph_optimization, spinning, fused"),
+                                        (["threads"], "options must be a dict")])
 def test_bad_session_options(bundle, opts, match):
     with pytest.raises(InputError, match=match):
-        open_backend(bundle, "vae_decoder", "cpu", **opts)
+        open_backend(bundle, "vae_decoder", "cpu", options=opts)
 
 
-def test_unknown_precision(bundle):
-    with pytest.raises(InputError, match="'int8'.*fp32"):
-        open_backend(bundle, "denoiser", "cpu", "int8")
+def test_precisions_refused_by_name(bundle):
+    with pytest.raises(InputError, match="backend 'cpu' cannot run precision 'int8'; it runs: fp32 "):
+        open_backend(bundle, "denoiser", "cpu", "int8")  # the tiny bundle has no int8 file
+    with pytest.raises(InputError, match="backend 'cpu' cannot run precision 'bf16'; it runs: fp32 "):
+        open_backend(bundle, "denoiser", "cpu", "bf16")
+    with pytest.raises(InputError, match="unknown precision 'int4'; choose one of fp32, fp16, bf16, int8"):
+        open_backend(bundle, "denoiser", "cpu", "int4")
+
+
+def test_runnable_and_available(bundle):
+    assert available("cpu") is None and runnable(bundle, "cpu") == {s: ("fp32",) for s in STAGES}
+    assert set(runnable(bundle, "auto")["denoiser"]) >= {"fp32"}
+
+
+def test_close_is_idempotent_and_stops_runs(bundle):
+    b = open_backend(bundle, "vae_decoder", "cpu")
+    b.close()
+    b.close()
+    with pytest.raises(BackendError, match="vae_decoder.*closed"):
+        b.run({"latents": np.zeros((1, 4, 8, 8), np.float32)})
 
 
 def test_io_names_checked_against_manifest(tiny_bundle, tmp_path):

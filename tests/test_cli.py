@@ -53,7 +53,7 @@ def test_given_frames_exact_through_cli(tiny_bundle, clip_path, tmp_path):
 def test_info_and_verify(tiny_bundle, capsys):
     assert main(["info", str(tiny_bundle), "--verify", "--backend", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "sha256     all 4 files match" in out and "providers available" in out
+    assert "sha256     all 4 files match" in out and "\n  cpu          fp32\n" in out
     assert "denoiser     fp32  fused    graph, runs on CPUExecutionProvider" in out
     for stage in ("vae_encoder", "vae_decoder"):
         assert f"{stage:<12} fp32  standard graph, runs on CPUExecutionProvider" in out
@@ -99,3 +99,31 @@ def test_module_entry_point_and_missing_bundle(tiny_bundle, clip_path, tmp_path)
     bad = subprocess.run([*run, "info", str(tmp_path / "nope")], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: bundle folder") and "Traceback" not in bad.stderr
+
+
+def test_info_lists_backends_and_auto_choice(tiny_bundle, capsys):
+    assert main(["info", str(tiny_bundle), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "backends   precisions each can run for this bundle" in out
+    for choice in ("cpu", "cuda", "ort-tensorrt"):
+        assert f"\n  {choice:<12} " in out
+    assert "(auto chose '" in out
+
+
+def test_backend_options_from_flags(tiny_bundle, capsys):
+    assert main(["info", str(tiny_bundle), "--backend", "cpu", "-o", "fused=false", "-o", "threads=1"]) == 0
+    assert "denoiser     fp32  standard graph" in capsys.readouterr().out
+    assert main(["info", str(tiny_bundle), "--backend", "cpu", "-o", "device=GPU"]) == 2
+    assert "backend 'cpu' does not take option(s) 'device'" in capsys.readouterr().err
+    assert main(["info", str(tiny_bundle), "--backend", "cpu", "-o", "threads=1", "--threads", "2"]) == 2
+    assert "'threads' given twice" in capsys.readouterr().err
+    assert main(["info", str(tiny_bundle), "--backend", "cpu", "--precision", "bf16"]) == 2
+    assert "backend 'cpu' cannot run precision 'bf16'; it runs: fp32" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["info", str(tiny_bundle), "-o", "novalue"])
+
+
+def test_run_prints_what_auto_chose(tiny_bundle, tmp_path, capsys):
+    assert main(["run", "--task", "unconditional", "--bundle", str(tiny_bundle), "--out", str(tmp_path / "u.gif"),
+                 "--steps", "1", "--total", "2", "--no-progress"]) == 0
+    assert "chosen     auto chose '" in capsys.readouterr().out

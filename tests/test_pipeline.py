@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 
 from vdt_runtime import Pipeline
-from vdt_runtime.errors import InputError
+from vdt_runtime.errors import BackendError, InputError
 
 STEPS = 2
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny_bundle):
-    return Pipeline.load(tiny_bundle, backend="cpu", threads=1)
+    return Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1})
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,28 @@ def test_invalid_input_refused_before_any_backend_call(pipe, clip, monkeypatch, 
 
 
 @pytest.mark.parametrize("kw,match", [({"backend": "metal"}, "metal"), ({"precision": "int8"}, "int8"),
-                                      ({"threads": 0}, "threads"), ({"graph_optimization": "x"}, "'x'")])
+                                      ({"options": {"threads": 0}}, "threads"),
+                                      ({"options": {"graph_optimization": "x"}}, "'x'"),
+                                      ({"threads": 1}, "threads")])  # the old keywords are gone
 def test_load_options_refused(tiny_bundle, kw, match):
-    with pytest.raises(InputError, match=match):
+    with pytest.raises((InputError, TypeError), match=match):
         Pipeline.load(tiny_bundle, **kw)
+
+
+def test_auto_says_what_it_chose_and_describe_says_what_runs(tiny_bundle):
+    pipe = Pipeline.load(tiny_bundle, options={"threads": 1})
+    assert pipe.chosen.startswith(f"auto chose '{pipe.backend}' at ") and "lossless" in pipe.chosen
+    text = pipe.describe()
+    assert text.splitlines()[0].startswith(f"backend    {pipe.backend}")
+    for stage, b in pipe.backends.items():
+        assert f"{stage:<12} {b.precision:<5} {b.graph:<8} graph, runs on {', '.join(b.providers)}" in text
+    assert Pipeline.load(tiny_bundle, backend="cpu").chosen is None
+
+
+def test_close_and_context_manager(tiny_bundle, clip):
+    with Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1}) as pipe:
+        assert pipe.predict(clip[:2], total=3, steps=1).frames.shape == (3, 16, 16, 3)
+    assert all(b._closed for b in pipe.backends.values())
+    pipe.close()  # idempotent
+    with pytest.raises(BackendError, match="closed"):
+        pipe.predict(clip[:2], total=3, steps=1)

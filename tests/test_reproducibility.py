@@ -22,7 +22,7 @@ import numpy as np
 from vdt_runtime import Pipeline
 bundle, seed, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 CLIP = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
-pipe = Pipeline.load(bundle, backend="cpu", threads=1)
+pipe = Pipeline.load(bundle, backend="cpu", options={"threads": 1})
 np.save(out, pipe.predict(CLIP, seed=seed, cond=3, total=6, steps=2, sampler="ddpm").frames, allow_pickle=False)
 """
 
@@ -35,7 +35,7 @@ def pipe(tiny_pipeline):
 def test_same_seed_same_bytes_in_one_process(pipe, tiny_bundle):
     a = pipe.predict(CLIP, seed=11, **KW).frames
     b = pipe.predict(CLIP, seed=11, **KW).frames
-    c = Pipeline.load(tiny_bundle, backend="cpu", threads=1).predict(CLIP, seed=11, **KW).frames  # a fresh load
+    c = Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1}).predict(CLIP, seed=11, **KW).frames  # a fresh load
     assert a.tobytes() == b.tobytes() == c.tobytes()
 
 
@@ -73,6 +73,6 @@ def test_loading_pipelines_from_threads_leaves_stdout_alone(tiny_bundle):
     before = sys.stdout
     for _ in range(3):  # without the lock, one round of 8 racing loads left it captured about 40 % of the time
         with ThreadPoolExecutor(max_workers=4) as pool:
-            pipes = list(pool.map(lambda _: Pipeline.load(tiny_bundle, backend="cpu", threads=1), range(8)))
+            pipes = list(pool.map(lambda _: Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1}), range(8)))
         assert sys.stdout is before
     assert all(p.providers["denoiser"] == ("CPUExecutionProvider",) for p in pipes)

@@ -50,7 +50,7 @@ except AssertionError:
 from vdt_runtime import Pipeline, cli
 bundle, work = sys.argv[1], sys.argv[2]
 clip = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
-pipe = Pipeline.load(bundle, backend="cpu", threads=1, verify=True)
+pipe = Pipeline.load(bundle, backend="cpu", options={"threads": 1}, verify=True)
 pipe.predict(clip, cond=2, total=4, steps=1)
 pipe.rollout(clip, total=10, cond=2, steps=1)
 pipe.inpaint(clip[:2], mask=np.ones((2, 8, 8)), steps=1)

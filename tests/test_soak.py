@@ -51,12 +51,12 @@ def run_one(pipe: Pipeline, i: int) -> np.ndarray:
 
 
 def test_soak_bounded_memory_and_thread_safety(tiny_bundle):
-    shared = Pipeline.load(tiny_bundle, backend="cpu", threads=1)
+    shared = Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1})
     own = threading.local()
 
     def per_thread(i: int) -> np.ndarray:
         if not hasattr(own, "pipe"):
-            own.pipe = Pipeline.load(tiny_bundle, backend="cpu", threads=1)
+            own.pipe = Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1})
         return run_one(own.pipe, i)
 
     reference = {i: run_one(shared, i) for i in range(2 * len(WORK))}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vdt_runtime.backends import BACKENDS
+from vdt_runtime.backends import CHOICES, PRECISIONS
 from vdt_runtime.bundle import Bundle, default_bundle_path
 from vdt_runtime.errors import InputError, VDTError
 from vdt_runtime.masks import TASKS
@@ -44,18 +44,39 @@ def _box(text: str) -> tuple[int, int, int, int]:
     return tuple(values)
 
 
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE for a backend option; VALUE true/false → bool, digits → int, none → None, else the string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return key.strip(), lowered == "true"
+    if lowered == "none":
+        return key.strip(), None
+    try:
+        return key.strip(), int(value)
+    except ValueError:
+        return key.strip(), value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vdt", description="Run exported VDT video diffusion bundles.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def backend_args(sp):
-        sp.add_argument("--backend", default="auto", choices=list(BACKENDS), help="execution backend")
-        sp.add_argument("--precision", default=None, help="stage files to use (default: the bundle's)")
-        sp.add_argument("--threads", type=int, default=None, help="intra-op threads (default: onnxruntime's)")
+        sp.add_argument("--backend", default="auto", choices=list(CHOICES),
+                        help="execution backend (auto: the fastest lossless one here, printed as 'chosen')")
+        sp.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                        help="compute precision (default: the backend's lossless one)")
+        sp.add_argument("-o", "--option", dest="options", action="append", type=_option, default=[],
+                        metavar="KEY=VALUE", help="a backend option, repeatable (e.g. device=GPU, cache_dir=DIR)")
+        sp.add_argument("--threads", type=int, default=None, help="option threads: intra-op threads")
         sp.add_argument("--no-spinning", dest="spinning", action="store_false",
-                        help="idle onnxruntime threads sleep instead of busy-waiting (helps on a busy machine)")
+                        help="option spinning=false: idle onnxruntime threads sleep instead of busy-waiting")
         sp.add_argument("--no-fused", dest="fused", action="store_false",
-                        help="use the standard-operator denoiser even where the bundle has an onnxruntime-fused one")
+                        help="option fused=false: the standard-operator denoiser even where the bundle has an "
+                             "onnxruntime-fused one")
 
     r = sub.add_parser("run", help="generate a video for a task")
     r.add_argument("--task", required=True, choices=CLI_TASKS)
@@ -111,8 +132,21 @@ def main(argv: list[str] | None = None) -> int:
 def _load(args, *, verify: bool = False):
     from vdt_runtime.pipeline import Pipeline
 
-    return Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, threads=args.threads,
-                         spinning=args.spinning, fused=args.fused, verify=verify)
+    return Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, options=_options(args),
+                         verify=verify)
+
+
+def _options(args) -> dict:
+    """--option KEY=VALUE pairs plus the shortcut flags that were given (only those: defaults stay the backend's)."""
+    options = dict(args.options)
+    shortcuts = {"threads": args.threads, "spinning": None if args.spinning else False,
+                 "fused": None if args.fused else False}
+    for key, value in shortcuts.items():
+        if value is not None:
+            if key in options:
+                raise InputError(f"option {key!r} given twice (--option {key}=... and its own flag)")
+            options[key] = value
+    return options
 
 
 def _run(args) -> int:
@@ -132,6 +166,8 @@ def _run(args) -> int:
     mask = _read_mask(args.mask) if args.mask is not None else None
     frames = read_video(args.input) if args.input is not None else None
     pipe = _load(args)
+    if pipe.chosen:
+        print(f"chosen     {pipe.chosen}")
     kw = dict(steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
               progress=not args.no_progress, timings=args.timings)
     if task == "rollout":
@@ -164,19 +200,29 @@ def _read_mask(path: Path) -> np.ndarray:
 
 
 def _info(args) -> int:
-    from vdt_runtime.backends.ort import available_providers
+    from vdt_runtime.backends import BACKENDS, available, runnable
 
     path = default_bundle_path() if args.bundle is None else args.bundle
     bundle = Bundle.load(path, verify=args.verify)
     print(bundle.describe())
     if args.verify:
         print(f"sha256     all {len(bundle.manifest['files'])} files match the manifest")
-    print(f"onnxruntime providers available: {', '.join(available_providers())}")
+    print("backends   precisions each can run for this bundle on this machine (default first)")
+    for choice in BACKENDS:
+        reason = available(choice)
+        print(f"  {choice:<12} " + (f"unavailable: {reason}" if reason else _precision_summary(runnable(bundle, choice))))
     args.bundle = path
-    pipe = _load(args)
-    for stage, backend in pipe.backends.items():
-        print(f"  {stage:<12} {backend.precision:<5} {backend.graph:<8} graph, runs on {', '.join(backend.providers)}")
+    with _load(args) as pipe:
+        print(pipe.describe())
     return 0
+
+
+def _precision_summary(can: dict[str, tuple[str, ...]]) -> str:
+    """"fp32, int8 (int8: denoiser only)": every precision, and which stages a partial one covers."""
+    union = list(dict.fromkeys(p for ps in can.values() for p in ps))
+    partial = [f"{p}: {', '.join(s for s, ps in can.items() if p in ps)} only"
+               for p in union if not all(p in ps for ps in can.values())]
+    return ", ".join(union) + (f" ({'; '.join(partial)})" if partial else "")
 
 
 def _bench(args) -> int:

@@ -6,12 +6,12 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from vdt_runtime._arrays import as_array
-from vdt_runtime.backends import Backend, open_backend
+from vdt_runtime.backends import Backend, open_backend, plan
 from vdt_runtime.bundle import STAGES, Bundle, default_bundle_path
 from vdt_runtime.errors import InputError
 from vdt_runtime.masks import TASKS, task_mask, user_mask
@@ -58,32 +58,53 @@ class Pipeline:
     and backend give byte-identical frames, whichever thread runs them.
     """
 
-    def __init__(self, bundle: Bundle, backends: dict[str, Backend]):
+    def __init__(self, bundle: Bundle, backends: dict[str, Backend], *, backend: str = "", chosen: str | None = None):
         self.bundle = bundle
         self.backends = backends
+        self.backend = backend  # the backend choice that runs (auto resolved)
+        self.chosen = chosen  # backend="auto": what it picked and why
         self._enc, self._den, self._dec = backends["vae_encoder"], backends["denoiser"], backends["vae_decoder"]
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, backend: str = "auto", precision: str | None = None,
-             threads: int | None = None, graph_optimization: str = "all", spinning: bool = True,
-             fused: bool = True, verify: bool = False) -> "Pipeline":
-        """Open a bundle (default: engines/default) with `backend` auto | cpu | cuda | tensorrt.
+             options: Mapping[str, Any] | None = None, verify: bool = False) -> "Pipeline":
+        """Open a bundle (default: engines/default) on `backend`: auto | cpu | cuda | ort-tensorrt | openvino.
 
-        `precision` picks the stage files (e.g. "int8"); stages without that precision keep the bundle's.
-        `threads`, `graph_optimization` and `spinning` are onnxruntime session options (see BENCHMARKS.md).
-        `fused=False` keeps the standard-operator denoiser even where the bundle has an onnxruntime-fused one
-        (used only when a stage runs on the CPU provider alone; `pipe.graphs` says which ran).
+        `precision` is a compute precision (fp32 | fp16 | bf16 | int8) that runs on every stage able to run it
+        (the others keep their default); None is the backend's lossless default. "auto" picks the fastest
+        lossless backend and precision for this machine and says so in `pipe.chosen`. `options` are the chosen
+        backend's settings (onnxruntime: threads, graph_optimization, spinning, fused; see README); an unknown
+        key is refused. `pipe.describe()` says what really runs. Close with `pipe.close()` or a `with` block.
         """
         bundle = Bundle.load(default_bundle_path() if path is None else path, verify=verify)
-        if precision is not None and not any(precision in bundle.precisions(s) for s in STAGES):
-            raise InputError(f"precision {precision!r} is not in this bundle; available: "
-                             f"{', '.join(sorted({p for s in STAGES for p in bundle.precisions(s)}))}")
-        backends = {}
-        for stage in STAGES:
-            p = precision if precision in bundle.precisions(stage) else bundle.precision
-            backends[stage] = open_backend(bundle, stage, backend, p, threads=threads, fused=fused,
-                                           graph_optimization=graph_optimization, spinning=spinning)
-        return cls(bundle, backends)
+        p = plan(bundle, backend, precision, options)
+        backends: dict[str, Backend] = {}
+        try:
+            for stage in STAGES:
+                backends[stage] = open_backend(bundle, stage, p.backend, p.precisions[stage], p.options)
+        except BaseException:
+            for b in backends.values():
+                b.close()
+            raise
+        return cls(bundle, backends, backend=p.backend, chosen=p.chosen)
+
+    def close(self) -> None:
+        """Release every stage's backend (idempotent); the pipeline cannot run afterwards."""
+        for b in self.backends.values():
+            b.close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        """What runs: the backend choice (and why, for auto), then each stage's precision, graph and device."""
+        lines = [f"backend    {self.backend}" + (f"  ({self.chosen})" if self.chosen else "")]
+        lines += [f"  {stage:<12} {b.precision:<5} {b.graph:<8} graph, runs on {', '.join(b.providers)}"
+                  for stage, b in self.backends.items()]
+        return "\n".join(lines)
 
     @property
     def providers(self) -> dict[str, tuple[str, ...]]:
@@ -92,7 +113,7 @@ class Pipeline:
 
     @property
     def graphs(self) -> dict[str, str]:
-        """Stage -> "fused" (onnxruntime contrib operators) or "standard" graph, as loaded."""
+        """Stage -> "fused" (onnxruntime contrib operators), "standard" or "engine" graph, as loaded."""
         return {stage: b.graph for stage, b in self.backends.items()}
 
     @property

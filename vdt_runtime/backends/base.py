@@ -1,27 +1,87 @@
-"""The one small interface every inference backend implements."""
+"""The one small interface every inference backend implements, and the checks they share."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any, Mapping
 
 import numpy as np
 
 from vdt_runtime.bundle import TensorSpec
+from vdt_runtime.errors import BackendError, BundleError, InputError
 
 
 class Backend(ABC):
     """Runs one bundle stage. Subclasses set the attributes below in their constructor."""
 
-    name: str  # backend family, e.g. "onnxruntime"
+    name: str  # backend family, e.g. "onnxruntime", "openvino"
     stage: str  # bundle stage it runs: denoiser, vae_encoder, vae_decoder
-    precision: str  # which of the stage's files it loaded
+    precision: str  # the compute precision that really runs: fp32 | fp16 | bf16 | int8
     inputs: tuple[TensorSpec, ...]  # declared I/O contract from the manifest
     outputs: tuple[TensorSpec, ...]
-    providers: tuple[str, ...]  # what really runs (not what was asked for)
-    graph: str = "standard"  # "fused" when an onnxruntime-fused variant of the stage file was loaded
+    providers: tuple[str, ...]  # what really runs (not what was asked for), e.g. ORT providers, "OpenVINO:CPU"
+    graph: str = "standard"  # "fused" (onnxruntime contrib operators) | "standard" | "engine"
+    _closed: bool = False
 
     @abstractmethod
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Feed {input name: array}; return {output name: array}."""
 
+    def close(self) -> None:
+        """Release the session/engine and its buffers; idempotent. run() afterwards raises BackendError."""
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        """Drop whatever close() frees (subclasses)."""
+
+    def _feed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The inputs checked against the manifest's names and cast to its dtypes (contiguous)."""
+        if self._closed:
+            raise BackendError(f"stage {self.stage!r} backend {self.name} is closed")
+        dtypes = {s.name: np.dtype(s.dtype) for s in self.inputs}
+        if set(inputs) != set(dtypes):
+            raise InputError(f"stage {self.stage!r} takes inputs {sorted(dtypes)}, got {sorted(inputs)}")
+        return {k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in inputs.items()}
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.stage} {self.precision} ({self.graph}) on {', '.join(self.providers)}>"
+
+
+def check_io(stage: str, fname: str, kind: str, declared: tuple[TensorSpec, ...], got: list[tuple[str, str]]) -> None:
+    """A model file's real (name, dtype) inputs or outputs must be the manifest's."""
+    want = [(s.name, s.dtype) for s in declared]
+    if want != got:
+        raise BundleError(f"stage {stage!r}: {fname} has {kind} {got}, but the manifest declares {want}")
+
+
+def check_options(backend: str, options: Mapping[str, Any] | None, allowed: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` merged over a backend's defaults; an unknown key is refused, listing the allowed ones."""
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise InputError(f"options must be a dict of backend settings, got {_short(options)}")
+    unknown = sorted(set(options) - set(allowed), key=str)
+    if unknown:
+        raise InputError(f"backend {backend!r} does not take option(s) {', '.join(map(repr, unknown))}; "
+                         f"it takes: {', '.join(allowed) or 'none'}")
+    return {**allowed, **options}
+
+
+def positive_int_or_none(name: str, value: Any) -> int | None:
+    """`value` if it is None or an integer >= 1, else InputError."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InputError(f"{name} must be a positive integer or None, got {_short(value)}")
+    return value
+
+
+def boolean(name: str, value: Any) -> bool:
+    """`value` if it is True or False, else InputError."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be True or False, got {_short(value)}")
+    return value
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,4 +1,9 @@
-"""ONNX Runtime backend: CPU, CUDA or TensorRT execution providers, reporting what really runs."""
+"""ONNX Runtime backend: CPU, CUDA or TensorRT execution providers, reporting what really runs.
+
+Serves the choices "cpu", "cuda" and "ort-tensorrt" (and, for backend="auto" on a machine with an
+NVIDIA GPU, "ort-auto": the best providers this onnxruntime offers, quietly falling back). Precisions are the
+stage files the bundle carries.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,13 +14,17 @@ import warnings
 import numpy as np
 import onnxruntime as ort
 
-from vdt_runtime.backends.base import Backend
+from vdt_runtime.backends.base import Backend, boolean, check_io, positive_int_or_none
 from vdt_runtime.bundle import Bundle
-from vdt_runtime.errors import BackendError, BundleError, InputError
+from vdt_runtime.errors import BackendError, InputError
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 # backend choice -> preferred providers, best first
-PROVIDERS = {"cpu": (CPU,), "cuda": (CUDA, CPU), "tensorrt": (TRT, CUDA, CPU), "auto": (TRT, CUDA, CPU)}
+PROVIDERS = {"cpu": (CPU,), "cuda": (CUDA, CPU), "ort-tensorrt": (TRT, CUDA, CPU), "ort-auto": (TRT, CUDA, CPU)}
+PRECISIONS = ("fp32", "fp16", "int8")  # whatever stage files the bundle carries
+# threads: intra-op threads (None: onnxruntime's default); spinning: idle pool threads busy-wait;
+# fused: the onnxruntime-fused denoiser where the bundle has one (CPU provider only)
+OPTIONS = {"threads": None, "graph_optimization": "all", "spinning": True, "fused": True}
 GRAPH_OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -31,18 +40,32 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def available(backend: str) -> str | None:
+    """None when this onnxruntime offers the choice's first provider, else why not (one line)."""
+    wanted = PROVIDERS[backend][0]
+    if backend == "ort-auto" or wanted in available_providers():
+        return None
+    return f"onnxruntime {ort.__version__} does not offer {wanted}"
+
+
+def precisions(bundle: Bundle, stage: str, backend: str) -> tuple[str, ...]:
+    """The stage files this bundle carries, its default precision first."""
+    files = [p for p in bundle.precisions(stage) if p in PRECISIONS]
+    return tuple(sorted(files, key=lambda p: p != bundle.precision))
+
+
 def provider_list(backend: str) -> list[str]:
-    """Providers to request for a backend choice; "auto" keeps only the available ones."""
+    """Providers to request for a backend choice; "ort-auto" keeps only the available ones."""
     if not isinstance(backend, str) or backend not in PROVIDERS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(PROVIDERS)}")
-    available = set(available_providers())
+    offered = set(available_providers())
     wanted = list(PROVIDERS[backend])
-    if backend == "auto":
-        return [p for p in wanted if p in available] or [CPU]
-    if wanted[0] not in available:
+    if backend == "ort-auto":
+        return [p for p in wanted if p in offered] or [CPU]
+    if wanted[0] not in offered:
         raise BackendError(
             f"backend {backend!r} needs {wanted[0]}, which this onnxruntime {ort.__version__} does not offer; "
-            f"available: {', '.join(sorted(available))}"
+            f"available: {', '.join(sorted(offered))}"
         )
     return wanted
 
@@ -55,10 +78,7 @@ def session_options(threads: int | None = None, graph_optimization: str = "all",
         raise InputError(
             f"unknown graph_optimization {graph_optimization!r}; choose one of {', '.join(GRAPH_OPTIMIZATION)}"
         )
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise InputError(f"threads must be a positive integer or None, got {threads!r}")
-    if not isinstance(spinning, bool):
-        raise InputError(f"spinning must be True or False, got {spinning!r}")
+    threads, spinning = positive_int_or_none("threads", threads), boolean("spinning", spinning)
     so = ort.SessionOptions()
     so.graph_optimization_level = GRAPH_OPTIMIZATION[graph_optimization]
     if threads is not None:
@@ -73,15 +93,13 @@ class OrtBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, stage: str, backend: str = "auto", precision: str | None = None, *,
-                 threads: int | None = None, graph_optimization: str = "all", spinning: bool = True,
-                 fused: bool = True):
+    def __init__(self, bundle: Bundle, stage: str, backend: str, precision: str, options: dict):
         spec = bundle.stage(stage)
-        self.stage, self.precision = stage, precision or bundle.precision
+        self.stage, self.precision = stage, precision
         self.inputs, self.outputs = spec.inputs, spec.outputs
         self.requested = provider_list(backend)
-        if not isinstance(fused, bool):
-            raise InputError(f"fused must be True or False, got {fused!r}")
+        fused = boolean("fused", options["fused"])
+        threads, graph_optimization, spinning = options["threads"], options["graph_optimization"], options["spinning"]
         # the fused graph's com.microsoft operators are measured on the CPU provider only: GPU providers get the
         # standard graph (TensorRT cannot run contrib operators at all); a GPU request that really fell back to
         # the CPU alone is reloaded with the fused graph
@@ -98,7 +116,7 @@ class OrtBackend(Backend):
         if source is not None and source in spec.fused.values():  # e.g. int8 quantized from the fused graph
             self.graph = "fused"
         self._check_io(path.name)
-        if backend != "auto" and self.providers[0] != self.requested[0]:
+        if backend != "ort-auto" and self.providers[0] != self.requested[0]:
             detail = f" ({log.strip().splitlines()[0]})" if log.strip() else ""
             warnings.warn(
                 f"backend {backend!r} asked for {self.requested[0]} but stage {stage!r} runs on "
@@ -107,30 +125,25 @@ class OrtBackend(Backend):
                 stacklevel=3,
             )
         self._output_names = [o.name for o in self.outputs]
-        self._dtypes = {s.name: np.dtype(s.dtype) for s in self.inputs}
 
     def _check_io(self, fname: str) -> None:
         """The session's real input/output names and dtypes must match the manifest's."""
         for kind, declared, actual in (("inputs", self.inputs, self.session.get_inputs()),
                                        ("outputs", self.outputs, self.session.get_outputs())):
-            want = [(s.name, s.dtype) for s in declared]
-            got = [(a.name, _ORT_TYPES.get(a.type, a.type)) for a in actual]
-            if want != got:
-                raise BundleError(
-                    f"stage {self.stage!r}: {fname} has {kind} {got}, but the manifest declares {want}"
-                )
+            check_io(self.stage, fname, kind, declared, [(a.name, _ORT_TYPES.get(a.type, a.type)) for a in actual])
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the session; inputs are cast to the declared dtypes (contiguous)."""
-        if set(inputs) != set(self._dtypes):
-            raise InputError(f"stage {self.stage!r} takes inputs {sorted(self._dtypes)}, got {sorted(inputs)}")
-        feed = {k: np.ascontiguousarray(v, dtype=self._dtypes[k]) for k, v in inputs.items()}
+        feed = self._feed(inputs)
         try:
             results = self.session.run(self._output_names, feed)
         except Exception as e:  # onnxruntime raises its own exception types
             shapes = {k: v.shape for k, v in feed.items()}
             raise BackendError(f"stage {self.stage!r} failed on inputs {shapes}: {e}") from e
         return dict(zip(self._output_names, results))
+
+    def _release(self) -> None:
+        self.session = None
 
 
 # sys.stdout and the default logger severity are process-wide: sessions are created one at a time, or two
@@ -156,6 +169,6 @@ def _create_session(path: str, options: ort.SessionOptions, providers: list[str]
     return session, out.getvalue()
 
 
-def open(bundle: Bundle, stage: str, backend: str, precision: str | None, **opts) -> OrtBackend:  # noqa: A001
-    """Factory used by `vdt_runtime.backends.open_backend`."""
-    return OrtBackend(bundle, stage, backend, precision, **opts)
+def open(bundle: Bundle, stage: str, backend: str, precision: str, options: dict) -> OrtBackend:  # noqa: A001
+    """Factory used by `vdt_runtime.backends.open_backend` (options validated for keys, merged with OPTIONS)."""
+    return OrtBackend(bundle, stage, backend, precision, options)
