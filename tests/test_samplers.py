@@ -339,3 +339,26 @@ def test_state_stays_float32(name):
     out = get_sampler(name)(denoise, _x_T(), s, rng=np.random.default_rng(0),
                             callback=lambda i, n, x: seen.append(x.dtype), **({"eta": 1.0} if name != "ddpm" else {}))
     assert out.dtype == np.float32 and set(seen) == {np.dtype(np.float32)}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_noise_function_replays_the_generators_draws(name):
+    """rng may be a noise function (shape -> N(0, 1) draw): fed the Generator's own draws, same bytes."""
+    opts = {"eta": 1.0} if name != "ddpm" else {}
+    draws = np.random.default_rng(5)
+    shapes = []
+
+    def noise(shape):
+        shapes.append(shape)
+        return standard_normal(draws, shape)
+
+    s = make_schedule(4)
+    want = get_sampler(name)(FakeDenoiser(), _x_T(), s, rng=np.random.default_rng(5), **opts)
+    got = get_sampler(name)(FakeDenoiser(), _x_T(), s, rng=noise, **opts)
+    np.testing.assert_array_equal(got, want)
+    assert shapes == [SHAPE] * (s.steps - 1)  # one draw per step but the last
+
+
+def test_noise_function_must_return_the_states_shape():
+    with pytest.raises(InputError, match="noise has shape"):
+        get_sampler("ddpm")(FakeDenoiser(), _x_T(), make_schedule(3), rng=lambda shape: np.zeros((1, 1, 1, 1, 1)))

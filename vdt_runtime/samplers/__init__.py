@@ -1,4 +1,8 @@
-"""Samplers, one per file, one signature: sample(denoise, x_T, schedule, *, rng, mask, x_given, callback, **opts)."""
+"""Samplers, one per file, one signature: sample(denoise, x_T, schedule, *, rng, mask, x_given, callback, **opts).
+
+`rng` is a numpy.random.Generator (noise by `standard_normal`), or a function shape -> N(0, 1) array that the
+sampler calls once per noise draw, in sampling order (tests replay recorded noise through it).
+"""
 from __future__ import annotations
 
 from typing import Callable

@@ -46,8 +46,9 @@ class Model:
                  callback: Callback | None):
         if not isinstance(schedule, Schedule):
             raise InputError(f"schedule must be a vdt_runtime.schedule.Schedule, got {type(schedule).__name__}")
-        if not isinstance(rng, np.random.Generator):
-            raise InputError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        if not (isinstance(rng, np.random.Generator) or callable(rng)):
+            raise InputError(f"rng must be a numpy.random.Generator or a noise function shape -> array, "
+                             f"got {type(rng).__name__}")
         if callback is not None and not callable(callback):
             raise InputError(f"callback must be callable or None, got {type(callback).__name__}")
         self.x_T = _check_latents("x_T", x_T, None)  # float64 [B,T,C,h,w]
@@ -82,8 +83,11 @@ class Model:
         return Prediction(x, head, var, (0.0, 1.0), x0)  # ε is the head itself
 
     def noise(self) -> np.ndarray:
-        """Standard normal float32 noise shaped like the state, from the caller's Generator."""
-        return standard_normal(self.rng, self.x_T.shape)
+        """Standard normal float32 noise shaped like the state: Box–Muller on the caller's Generator, or the next
+        draw of a noise function (how the golden tests replay the official sampler's recorded noise)."""
+        if isinstance(self.rng, np.random.Generator):
+            return standard_normal(self.rng, self.x_T.shape)
+        return _check_latents("noise", self.rng(self.x_T.shape), self.x_T.shape)
 
     def composite(self, x: np.ndarray) -> np.ndarray:
         """x_given·(1 − mask) + x·mask as float32 (a new array); given cells are copied exactly, not recomputed."""
