@@ -1,10 +1,13 @@
 """Property-based tests on the tiny bundle: random masks and task settings never crash.
 
-Invalid combinations may only raise a VDTError; valid ones give finite uint8 frames of the right shape
-with every given pixel returned exactly. The default run is small; `-m slow` runs >= 1,000 examples each.
+`broken_rules` states the rules a task call must obey, independently of the pipeline. A call that breaks one
+must raise InputError whose message names a broken rule; a call that breaks none must give finite uint8
+frames of the right shape with every given pixel returned exactly. The default run is small; `-m slow` runs
+>= 1,000 examples each.
 """
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -14,14 +17,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from vdt_runtime import SAMPLERS, TASKS
-from vdt_runtime.errors import VDTError
+from vdt_runtime.errors import InputError, VDTError
 
 SMALL = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow])
 MANY = settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 CLIP = np.random.default_rng(7).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
-LATENT, PIXEL, FACTOR = 8, 16, 2
+LATENT, PIXEL, FACTOR, MAX_FRAMES = 8, 16, 2, 8
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,7 @@ def run_user_mask(pipe, mask: np.ndarray, sampling: dict) -> None:
     total = mask.shape[0]
     latent = mask.astype(bool).reshape(total, LATENT, mask.shape[1] // LATENT, LATENT, -1).any(axis=(2, 4))
     if not latent.any():  # nothing to generate: the only acceptable outcome is the typed error
-        with pytest.raises(VDTError, match="nothing to generate"):
+        with pytest.raises(InputError, match="nothing to generate"):
             pipe.run(CLIP[:total], mask=mask, **sampling)
         return
     result = pipe.run(CLIP[:total], mask=mask, **sampling)
@@ -93,17 +96,62 @@ def run_user_mask(pipe, mask: np.ndarray, sampling: dict) -> None:
     check_result(result, CLIP, total)
 
 
+def broken_rules(task: str, kw: dict, supplied: int) -> dict[str, str]:
+    """The rules a run(frames[:supplied], task=task, **kw) call breaks: {rule: what its error message names}."""
+    total, broken = kw["total"], {}
+    if not 1 <= total <= MAX_FRAMES:
+        broken["total is 1..max_frames"] = "total"
+        return broken  # no frame layout to reason about
+    if supplied > total:
+        broken["at most total frames supplied"] = "at most total"
+    given = set()  # frames with a given cell
+    if task in ("predict", "backward"):
+        cond = kw["cond"]
+        if not 1 <= cond <= total - 1:
+            broken["cond is 1..total-1"] = "cond"
+        else:
+            given = set(range(cond)) if task == "predict" else set(range(total - cond, total))
+    elif task == "interpolate":
+        if kw["stride"] < 2:
+            broken["stride >= 2"] = "stride"
+        else:
+            given = set(range(0, total, kw["stride"]))
+    elif task == "image_to_video":
+        given = {0}
+    elif task == "complete":
+        if not all(0 <= i < total for i in kw["given"]):
+            broken["given indices are 0..total-1"] = "given"
+        else:
+            given = set(kw["given"])
+    elif task == "inpaint":
+        y0, x0, y1, x1 = kw["box"]
+        if not (0 <= y0 < y1 <= PIXEL and 0 <= x0 < x1 <= PIXEL):
+            broken["box is non-empty, inside the image"] = "box"
+        elif (y0, x0, y1, x1) != (0, 0, PIXEL, PIXEL):  # a box short of the whole image leaves cells given
+            given = set(range(total))
+    if task != "inpaint" and len(given) == total:  # per-frame tasks give whole frames; a box always generates
+        broken["something to generate"] = "nothing to generate"
+    if any(i >= supplied for i in given):
+        broken["every given frame supplied"] = "supplied"
+    return broken
+
+
 def run_task(pipe, task: str, kw: dict, sampling: dict) -> None:
     kw = dict(kw)
     n = kw.pop("frames")
     frames = CLIP[:n] if n else None
+    broken = broken_rules(task, kw, 0 if frames is None else len(frames))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # total beyond the trained length
         try:
             result = pipe.run(frames, task=task, **kw, **sampling)
-        except VDTError as e:  # invalid combinations must fail this way, and only this way
-            event(f"{type(e).__name__}")
+        except VDTError as e:  # only a rule-breaking call may fail, and only with an InputError naming a rule
+            assert isinstance(e, InputError), f"{type(e).__name__}: {e}"
+            assert broken, f"{task} {kw} with {n} frame(s) breaks no rule, yet was refused: {e}"
+            assert any(re.search(word, str(e)) for word in broken.values()), (str(e), broken)
+            event(f"refused: {' & '.join(sorted(broken))}")
             return
+    assert not broken, f"{task} {kw} with {n} frame(s) breaks {sorted(broken)}, yet was accepted"
     event("generated")
     check_result(result, frames, kw["total"])
     given = [i for i in range(kw["total"]) if not result.mask[i].any()]

@@ -8,6 +8,7 @@ Both sharing one Pipeline and one Pipeline per thread are exercised. RSS is read
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -43,46 +44,46 @@ def rss_mib() -> float:
     pytest.skip("no VmRSS in /proc/self/status")
 
 
-def run_one(pipe: Pipeline, i: int) -> np.ndarray:
+def run_one(pipe: Pipeline, i: int) -> bytes:
+    """Run work item i (task i mod len(WORK), seed i); the sha256 of its frames."""
     name, call = WORK[i % len(WORK)]
     frames = call(pipe, i).frames
     assert frames.dtype == np.uint8 and frames.ndim == 4, name
-    return frames
+    return hashlib.sha256(frames.tobytes()).digest()
 
 
 def test_soak_bounded_memory_and_thread_safety(tiny_bundle):
     shared = Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1})
     own = threading.local()
 
-    def per_thread(i: int) -> np.ndarray:
+    def per_thread(i: int) -> bytes:
         if not hasattr(own, "pipe"):
             own.pipe = Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1})
         return run_one(own.pipe, i)
 
-    reference = {i: run_one(shared, i) for i in range(2 * len(WORK))}
     with ThreadPoolExecutor(THREADS) as pool:  # warm-up: allocator arenas for every worker thread
         list(pool.map(lambda i: run_one(shared, i), range(4 * THREADS)))
         list(pool.map(per_thread, range(4 * THREADS)))
     start = rss_mib()
 
-    for i in range(SEQUENTIAL):
-        run_one(shared, i)
+    indices = range(THREADS * PER_THREAD)
+    sequential = [run_one(shared, i) for i in range(max(SEQUENTIAL, len(indices)))]  # every threaded run's twin
     after_sequential = rss_mib()
 
     mismatches = []
     with ThreadPoolExecutor(THREADS) as pool:
         for fn, label in ((lambda i: run_one(shared, i), "shared"), (per_thread, "per-thread")):
-            indices = range(THREADS * PER_THREAD)
-            for i, frames in zip(indices, pool.map(fn, indices)):
-                if i in reference and frames.tobytes() != reference[i].tobytes():
+            for i, digest in zip(indices, pool.map(fn, indices)):
+                if digest != sequential[i]:
                     mismatches.append((label, i))
     end = rss_mib()
 
-    runs = SEQUENTIAL + 2 * THREADS * PER_THREAD
-    print(f"\nsoak: {runs} runs ({SEQUENTIAL} sequential, {THREADS} threads x {PER_THREAD} shared + "
-          f"{THREADS} x {PER_THREAD} per-thread Pipelines); VmRSS after warm-up {start:.1f} MiB, after "
-          f"sequential {after_sequential:.1f} MiB, end {end:.1f} MiB, growth {end - start:+.1f} MiB")
-    assert not mismatches, f"threaded runs differ from sequential ones: {mismatches[:5]}"
+    runs = len(sequential) + 2 * len(indices)
+    print(f"\nsoak: {runs} runs ({len(sequential)} sequential, {THREADS} threads x {PER_THREAD} shared + "
+          f"{THREADS} x {PER_THREAD} per-thread Pipelines, each compared with its sequential twin); "
+          f"VmRSS after warm-up {start:.1f} MiB, after sequential {after_sequential:.1f} MiB, end {end:.1f} MiB, "
+          f"growth {end - start:+.1f} MiB")
+    assert not mismatches, f"{len(mismatches)} threaded runs differ from their sequential twins: {mismatches[:5]}"
     assert end - start < MAX_GROWTH_MIB, f"RSS grew {end - start:.1f} MiB over {runs} runs"
 
 
