@@ -362,3 +362,52 @@ def test_noise_function_replays_the_generators_draws(name):
 def test_noise_function_must_return_the_states_shape():
     with pytest.raises(InputError, match="noise has shape"):
         get_sampler("ddpm")(FakeDenoiser(), _x_T(), make_schedule(3), rng=lambda shape: np.zeros((1, 1, 1, 1, 1)))
+
+
+SOFT = np.array([0.0, 0.25, 0.7, 1.0], np.float32)  # per frame of a [T=4, h, w] mask: given, two blends, generated
+
+
+def _soft_case():
+    shape = (2, 4, 2, 4, 4)
+    x_T = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    x_given = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    mask = np.broadcast_to(SOFT[:, None, None], (4, 4, 4)).copy()
+    mask[1, 0, 0] = 1.0  # mixed within a frame too
+    return x_T, x_given, mask
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_soft_mask_blends_given_and_state(name):
+    """Mask values strictly between 0 and 1: the denoiser sees x_given·(1 − m) + x_t·m, cell by cell."""
+    x_T, x_given, mask = _soft_case()
+    model = FakeDenoiser()
+    opts = {"eta": 1.0} if name != "ddpm" else {}
+    out = get_sampler(name)(model, x_T, make_schedule(3), rng=np.random.default_rng(0), mask=mask, x_given=x_given,
+                            **opts)
+    m = mask[None, :, None]
+    np.testing.assert_allclose(model.calls[0][0], x_given * (1 - m) + x_T * m, rtol=0, atol=1e-6)
+    assert np.array_equal(out[:, 0], x_given[:, 0])  # m = 0: given, exactly
+    soft = (m > 0) & (m < 1)
+    assert not np.isclose(out, x_given, atol=1e-3)[np.broadcast_to(soft, out.shape)].any()
+
+
+def test_soft_mask_ddim_matches_the_blend_equations():
+    """DDIM η = 0 with a soft mask against the equations: the denoiser sees the blend, the state stays its own,
+    and the result is the blend of x_given and the final state."""
+    x_T, x_given, mask = _soft_case()
+    timesteps = [0, 500, 999]
+    ac, ac_prev, _ = _coeffs(timesteps)
+    m = mask[None, :, None].astype(np.float64)
+    g, x = x_given.astype(np.float64), x_T.astype(np.float64)
+    for i in reversed(range(3)):
+        x_in = (g * (1 - m) + x * m).astype(np.float32)
+        eps = FakeDenoiser()(x_in, np.full(2, timesteps[i], np.float32))[:, :, :2].astype(np.float64)
+        x0 = x / np.sqrt(ac[i]) - np.sqrt(1 / ac[i] - 1) * eps
+        x = np.sqrt(ac_prev[i]) * x0 + np.sqrt(1 - ac_prev[i]) * eps
+    want = g * (1 - m) + x * m
+    got = get_sampler("ddim")(FakeDenoiser(), x_T, make_schedule(3), rng=np.random.default_rng(0), mask=mask,
+                              x_given=x_given)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    hard = get_sampler("ddim")(FakeDenoiser(), x_T, make_schedule(3), rng=np.random.default_rng(0),
+                               mask=np.ceil(mask), x_given=x_given)
+    assert not np.allclose(got[:, 1:3], hard[:, 1:3], atol=1e-3)  # the soft cells are not treated as generated
