@@ -95,6 +95,22 @@ def random_bundle(out_dir: Path, config, vae_config: dict, *, diffusion: dict | 
     return vdt, vae
 
 
+def write_block(path: Path, name: str, text: str) -> Path:
+    """Replace what lies between the lines `<!-- name: begin ... -->` and `<!-- name: end -->` of a markdown file
+    (the generated block of a script) with `text`, atomically; the markers stay."""
+    import re
+
+    path = Path(path)
+    begin = re.compile(rf"^<!-- {re.escape(name)}: begin\b.*-->$", re.M)
+    end = re.compile(rf"^<!-- {re.escape(name)}: end -->$", re.M)
+    doc = path.read_text(encoding="utf-8")
+    b = begin.search(doc)
+    e = end.search(doc, b.end()) if b else None
+    if b is None or e is None:
+        raise SystemExit(f"{path} has no '<!-- {name}: begin -->' ... '<!-- {name}: end -->' markers")
+    return atomic_write_text(path, doc[: b.end()] + "\n" + text.strip("\n") + "\n" + doc[e.start():])
+
+
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write UTF-8 text to `path` via a temp file renamed into place."""
     from vdt_runtime._atomic import atomic_path

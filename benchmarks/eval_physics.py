@@ -1,6 +1,7 @@
 """Predict-task quality of a bundle on held-out bouncing-ball clips, against three baselines.
 
     python benchmarks/eval_physics.py --bundle engines/default --clips 64 --steps 50 --sampler ddpm
+    python benchmarks/eval_physics.py --clips 128 --steps 50 --readme    # rewrites README.md's default-model block
 
 8 given frames → 8 generated. Metrics per clip: PSNR over the generated frames, and the ball-position
 error (centre of mass of non-background pixels, px) averaged over generated frames, at +1 and at +8.
@@ -13,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine, write_block  # noqa: E402
 from vdt_export import bouncing  # noqa: E402  (numpy only)
 from vdt_runtime import Pipeline  # noqa: E402
 
@@ -99,6 +102,39 @@ def report(res: dict, clips: int) -> str:
     return "\n".join(lines)
 
 
+BASELINE_NAMES = {"blank": "blank background", "copy_last": "copy last given frame",
+                  "const_velocity": "constant velocity (true ball re-rendered)"}
+
+
+def readme_block(res: dict, clips: int, run: str, command: str) -> str:
+    """The README's default-model section: table, paired differences and how it was measured."""
+    arr, missing = res["arrays"], res["missing"]
+    frames = clips * (TOTAL - COND)
+    m = arr["model"]
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())  # 1, 5, 15 min: the time is only meaningful when low
+    lines = [f"Predict task on {clips} held-out clips (seeds training never used; 8 given → 8 generated, {run}; "
+             f"{res['seconds']:.0f} s for all {clips}, about {res['seconds'] / clips:.2f} s a clip):", "",
+             "| predictor | PSNR dB | ball position error px (mean) | at +1 | at +8 |", "|---|---|---|---|---|",
+             f"| **model** | **{m['psnr'].mean():.2f}** | **{m['pos'].mean():.2f}** | **{m['pos+1'].mean():.2f}** | "
+             f"**{m['pos+8'].mean():.2f}** |"]
+    for name, label in BASELINE_NAMES.items():
+        r = arr[name]
+        pos = ("—", "—", "—") if name == "blank" else tuple(f"{r[k].mean():.2f}" for k in ("pos", "pos+1", "pos+8"))
+        lines.append(f"| {label} | {r['psnr'].mean():.2f} | {' | '.join(pos)} |")
+    lost = "never lost the ball" if not missing["model"] else f"lost it in {missing['model']:,} of {frames:,}"
+    lines += ["", "Paired differences, model minus baseline (± standard error over clips): PSNR "
+              f"{paired(m['psnr'], arr['copy_last']['psnr'])} dB against copy-last, "
+              f"{paired(m['psnr'], arr['const_velocity']['psnr'])} against constant velocity, "
+              f"{paired(m['psnr'], arr['blank']['psnr'])} against blank; position error "
+              f"{paired(m['pos'], arr['copy_last']['pos'])} px against copy-last and "
+              f"{paired(m['pos'], arr['const_velocity']['pos'])} against constant velocity. Position is the centre "
+              f"of mass of non-background pixels; a frame without a ball counts {MISSING_PX:g} px (constant velocity "
+              f"leaves the frame in {missing['const_velocity']:,} of {frames:,} frames, since it does not bounce; "
+              f"the model {lost}).", "",
+             f"Measured {machine()} (load average {load}), by `{command}`, which writes this block."]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="engines/default")
@@ -109,13 +145,21 @@ def main(argv=None):
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--precision", default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the per-predictor means here")
+    ap.add_argument("--readme", type=Path, nargs="?", const=ROOT / "README.md", default=None,
+                    help="write the default-model block (between its markers) of this README (default README.md)")
     args = ap.parse_args(argv)
     pipe = Pipeline.load(args.bundle, backend=args.backend, precision=args.precision)
     res = evaluate(pipe, args.clips, args.steps, args.sampler, args.seed)
-    print(f"bundle {args.bundle} · {args.clips} held-out clips · {args.sampler} {args.steps} steps · "
-          f"providers {pipe.providers['denoiser']} · precision {pipe.backends['denoiser'].precision} "
-          f"({pipe.graphs['denoiser']} graph) · {res['seconds']:.1f} s")
+    den = pipe.backends["denoiser"]
+    run = (f"{args.sampler.upper()} {args.steps} steps, `{', '.join(den.providers)}`, {den.precision} "
+           f"({pipe.graphs['denoiser']} graph)")
+    print(f"bundle {args.bundle} · {args.clips} held-out clips · {run} · {res['seconds']:.1f} s")
     print(report(res, args.clips))
+    if args.readme:
+        command = "python benchmarks/eval_physics.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        block = readme_block(res, args.clips, run, command)
+        write_block(args.readme, "eval_physics", block)
+        print(f"\nwrote the eval_physics block of {args.readme}:\n{block}")
     if args.json:
         means = {n: {k: float(v.mean()) for k, v in r.items()} for n, r in res["arrays"].items()}
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "means": means}, indent=1))
