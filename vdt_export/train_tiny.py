@@ -236,10 +236,11 @@ def main(argv=None):
     model = VDT(VDT_CONFIG)
     model.load_state_dict(state["ema"])
     log = [json.loads(line) for line in open(args.out / "log.jsonl")]
-    vae_s = max(r["seconds"] for r in log if r["stage"] == "vae")
+    vae_log = [r for r in log if r["stage"] == "vae"]  # the VAE trained in an earlier call: its log, not --vae-steps
     training = dict(data="vdt_export.bouncing (one ball, gravity, 32x32, 16 frames)", clips=TRAIN_CLIPS,
                     vdt_steps=state["step"], vdt_minutes=round(state["seconds"] / 60, 1),
-                    vae_steps=args.vae_steps, vae_minutes=round(vae_s / 60, 1), batch=args.batch, seed=args.seed,
+                    vae_steps=1 + max(r["step"] for r in vae_log),
+                    vae_minutes=round(max(r["seconds"] for r in vae_log) / 60, 1), batch=args.batch, seed=args.seed,
                     objective="unified mask, v-prediction, EMA 0.999")
     export_bundle(model.eval(), vae, args.export, name=args.export.name, image_size=bouncing.SIZE,
                   scale_factor=scale, diffusion=DIFFUSION, training=training)
