@@ -8,10 +8,8 @@ runtime's in detail, not in cost.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,15 +93,10 @@ class TorchPipeline:
     @classmethod
     def from_checkpoint(cls, folder: str | os.PathLike, diffusion: dict | None = None) -> "TorchPipeline":
         """A folder written by vdt_export.checkpoint.save_checkpoint_folder (e.g. checkpoints/default)."""
-        from vdt_export.checkpoint import load_vdt
-        from vdt_export.vae import load_vae
+        from vdt_export.checkpoint import load_checkpoint_folder
 
-        folder = Path(folder)
-        meta = json.loads((folder / "scale.json").read_text())
-        heads = json.loads((folder / "vdt_config.json").read_text())["num_heads"]
-        vdt = load_vdt(folder / "vdt.safetensors", num_heads=heads)
-        vae = load_vae(folder / "vae.safetensors", folder / "vae_config.json")
-        return cls(vdt, vae, scale_factor=meta["scale_factor"], diffusion=diffusion or meta["diffusion"])
+        ckpt = load_checkpoint_folder(folder)
+        return cls(ckpt.vdt, ckpt.vae, scale_factor=ckpt.scale_factor, diffusion=diffusion or ckpt.diffusion)
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> torch.Tensor:

@@ -20,8 +20,8 @@ def _manifest(bundle):
 def test_manifest_lists_every_file_with_its_sha256(tiny_bundle):
     manifest = _manifest(tiny_bundle)
     on_disk = sorted(p.name for p in tiny_bundle.iterdir() if p.name != "manifest.json")
-    assert sorted(manifest["files"]) == on_disk == ["denoiser.fused.onnx", "denoiser.onnx", "vae_decoder.onnx",
-                                                    "vae_encoder.onnx"]
+    assert sorted(manifest["files"]) == on_disk == ["denoiser.data", "denoiser.fused.onnx", "denoiser.onnx",
+                                                    "vae_decoder.onnx", "vae_encoder.onnx"]
     for name, entry in manifest["files"].items():
         data = (tiny_bundle / name).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
@@ -66,6 +66,56 @@ def test_fused_denoiser_is_listed_and_uses_one_attention_node_per_attention(tiny
     assert ops[("", "Softmax")] == 0 and ops[("", "Gelu")] == 2  # opset 20 Gelu, fused by onnxruntime with its bias
     plain = collections.Counter(n.op_type for n in onnx.load(str(tiny_bundle / "denoiser.onnx")).graph.node)
     assert plain["Softmax"] == 4 and not any(n.domain for n in onnx.load(str(tiny_bundle / "denoiser.onnx")).graph.node)
+
+
+def test_both_denoiser_graphs_keep_their_weights_in_one_shared_file(tiny_bundle, tiny_models):
+    """Every weight is stored once: both graphs point into denoiser.data, which holds no more than the weights."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    from vdt_export.bundle import external_data_files
+    from vdt_export.shared_weights import INLINE_BYTES
+
+    weights = sum(p.numel() * p.element_size() for p in tiny_models[0].parameters())
+    data = (tiny_bundle / "denoiser.data").stat().st_size
+    assert weights <= data < 1.1 * weights
+    for name in ("denoiser.onnx", "denoiser.fused.onnx"):
+        assert external_data_files(tiny_bundle / name) == ["denoiser.data"]
+        model = onnx.load(str(tiny_bundle / name), load_external_data=False)
+        inline = sum(len(t.raw_data) for t in model.graph.initializer if not uses_external_data(t))
+        assert all(len(t.raw_data) < INLINE_BYTES for t in model.graph.initializer if not uses_external_data(t))
+        assert inline < 0.05 * weights
+
+
+def test_sharing_is_by_content_and_keeps_a_tensor_only_one_graph_has(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from vdt_export.shared_weights import share_weights
+
+    rng = np.random.default_rng(0)
+    w, only = rng.standard_normal((32, 16)).astype(np.float32), rng.standard_normal((16, 16)).astype(np.float32)
+
+    def graph(name, inits):
+        x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 32])
+        y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 16])
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["h" if len(inits) > 1 else "y"])]
+        if len(inits) > 1:
+            nodes.append(helper.make_node("MatMul", ["h", "v"], ["y"]))
+        g = helper.make_graph(nodes, name, [x], [y], [numpy_helper.from_array(a, n) for n, a in inits.items()])
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+        return path
+
+    a, b = graph("a", {"w": w}), graph("b", {"w": w.copy(), "v": only})
+    report = share_weights([a, b], "shared.data")
+    assert report.graph_bytes == {"a.onnx": w.nbytes, "b.onnx": w.nbytes + only.nbytes}
+    assert report.saved_bytes >= w.nbytes and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.onnx", "b.onnx", "shared.data"]
+    feed = {"x": rng.standard_normal((1, 32)).astype(np.float32)}
+    got = ort.InferenceSession(str(b), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(got, feed["x"] @ w @ only, rtol=1e-5, atol=1e-5)
 
 
 def test_export_without_fused_graph(tiny_models, tmp_path):

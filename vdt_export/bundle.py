@@ -18,12 +18,14 @@ from vdt_runtime.errors import BundleError, InputError
 from . import __version__
 from .models import VDT
 from .onnx_export import OPSET, export_denoiser, export_vae_decoder, export_vae_encoder
+from .shared_weights import share_weights
 from .vae import SD_SCALE_FACTOR, downsample_factor, latent_channels
 
 FORMAT, FORMAT_VERSION = "vdt-bundle", 1
 MANIFEST = "manifest.json"
 STAGE_FILES = {"denoiser": "denoiser.onnx", "vae_encoder": "vae_encoder.onnx", "vae_decoder": "vae_decoder.onnx"}
 FUSED_FILE = "denoiser.fused.onnx"  # the same denoiser with onnxruntime's fused Attention (fused_attention.py)
+DENOISER_DATA = "denoiser.data"  # the weights of both denoiser graphs, each tensor once (shared_weights.py)
 PREDICTION_TYPES = ("epsilon", "v")
 VARIANCE_TYPES = ("learned_range", "fixed_small")
 VAE_MAX_BATCH = 64
@@ -152,7 +154,8 @@ def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name:
                   fused: bool = True, verbose: bool = False) -> Path:
     """Export denoiser + VAE encoder/decoder + manifest.json into `out_dir`; an existing bundle there is replaced
     only once the new one is complete. `fused` adds the onnxruntime-fused denoiser graph beside the portable one
-    (stages.denoiser.fused). Returns `out_dir`."""
+    (stages.denoiser.fused); the denoiser graphs keep their weights in one shared file, DENOISER_DATA.
+    Returns `out_dir`."""
     out_dir = Path(out_dir)
     f = downsample_factor(vae)
     if image_size != vdt.config.input_size * f:
@@ -168,10 +171,11 @@ def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name:
                               training=training)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out_dir) as staging:  # an old bundle at out_dir is replaced only once this one is complete
-        export_denoiser(vdt, staging / STAGE_FILES["denoiser"], max_batch=max_batch, verbose=verbose)
+        graphs = [export_denoiser(vdt, staging / STAGE_FILES["denoiser"], max_batch=max_batch, verbose=verbose)]
         if fused:
-            export_denoiser(vdt, staging / FUSED_FILE, max_batch=max_batch, verbose=verbose, fused=True)
+            graphs.append(export_denoiser(vdt, staging / FUSED_FILE, max_batch=max_batch, verbose=verbose, fused=True))
             manifest["stages"]["denoiser"]["fused"] = {"fp32": FUSED_FILE}
+        share_weights(graphs, DENOISER_DATA)
         export_vae_encoder(vae, staging / STAGE_FILES["vae_encoder"], image_size=image_size,
                            scale_factor=scale_factor, verbose=verbose)
         export_vae_decoder(vae, staging / STAGE_FILES["vae_decoder"], image_size=image_size,

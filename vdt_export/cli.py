@@ -14,7 +14,8 @@ TINY = "tiny"
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="VDT weights: .pt/.pth (plain or ema/model) or .safetensors")
+    src.add_argument("--checkpoint", type=Path, help="VDT weights: .pt/.pth (plain or ema/model) or .safetensors, "
+                     "or a checkpoint folder (vdt + vae + scale, e.g. checkpoints/default)")
     src.add_argument("--random-init", type=int, metavar="SEED",
                      help="randomised (non-zero) weights from SEED instead of a checkpoint, for smoke tests")
     p.add_argument("--vae", type=Path, help="diffusers AutoencoderKL folder, or a weights file with --vae-config")
@@ -34,10 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--num-frames", type=int, help="trained frames of a --random-init model (default: config)")
     onnx.add_argument("--max-frames", type=int, help="exported maximum T (≥ num_frames; extends the sin-cos table)")
     onnx.add_argument("--max-batch", type=int, default=16, help="largest batch in the manifest (default 16)")
-    onnx.add_argument("--prediction-type", choices=["epsilon", "v"], default="epsilon")
+    onnx.add_argument("--prediction-type", choices=["epsilon", "v"],
+                      help="default: a checkpoint folder's, else epsilon")
     onnx.add_argument("--variance-type", choices=["learned_range", "fixed_small"],
                       help="default: learned_range when the model outputs 2C channels, else fixed_small")
-    onnx.add_argument("--scale-factor", type=float, help="VAE latent scale (default: the VAE config's, 0.18215 for SD)")
+    onnx.add_argument("--scale-factor", type=float,
+                      help="VAE latent scale (default: a checkpoint folder's, else the VAE config's, 0.18215 for SD)")
     onnx.add_argument("--out", type=Path, required=True, help="bundle folder, e.g. engines/NAME")
     onnx.add_argument("--name", help="bundle name (default: the --out folder's name)")
     onnx.add_argument("--no-fused", dest="fused", action="store_false",
@@ -78,11 +81,12 @@ def _random_vdt(config: VDTConfig, max_frames: int | None, seed: int) -> VDT:
 
 def _cmd_onnx(args) -> int:
     from .bundle import export_bundle
-    from .checkpoint import load_vdt
+    from .checkpoint import load_checkpoint_folder, load_vdt
     from .vae import downsample_factor, latent_channels
 
     seed = args.random_init if args.random_init is not None else 0
-    vae = _vae(args, seed + 1)
+    folder = load_checkpoint_folder(args.checkpoint) if args.checkpoint and args.checkpoint.is_dir() else None
+    vae = folder.vae if folder is not None and args.vae is None else _vae(args, seed + 1)
     if vae is None:
         raise VDTError("give --vae DIR (or FILE with --vae-config) or --vae-config tiny")
     f = downsample_factor(vae)
@@ -94,15 +98,24 @@ def _cmd_onnx(args) -> int:
         config = config_from_name(args.config or "VDT-S/2", in_channels=latent_channels(vae), **size, **frames)
         vdt = _random_vdt(config, None, args.random_init)
         source = {"source": "random-init", "seed": args.random_init}
+    elif folder is not None and not size:
+        vdt = folder.vdt
+        source = folder.training or {"source": "checkpoint folder", "checkpoint": args.checkpoint.name}
     else:
-        vdt = load_vdt(args.checkpoint, args.config, interpolate_pos_embed=args.interpolate_pos_embed, **size)
+        state = folder.vdt.state_dict() if folder is not None else args.checkpoint
+        heads = {"num_heads": folder.vdt.config.num_heads} if folder is not None else {}
+        vdt = load_vdt(state, args.config, interpolate_pos_embed=args.interpolate_pos_embed, **size, **heads)
         source = {"source": "checkpoint", "checkpoint": args.checkpoint.name}
-    source["vae"] = str(args.vae.name) if args.vae is not None else f"{args.vae_config} (random-init seed {seed + 1})"
-    diffusion = {"prediction_type": args.prediction_type}
+    if folder is None or args.vae is not None:
+        source["vae"] = str(args.vae.name) if args.vae is not None else f"{args.vae_config} (random-init seed {seed + 1})"
+    diffusion = dict(folder.diffusion) if folder is not None else {}
+    if args.prediction_type or not diffusion:
+        diffusion["prediction_type"] = args.prediction_type or "epsilon"
     if args.variance_type:
         diffusion["variance_type"] = args.variance_type
+    scale = args.scale_factor or (folder.scale_factor if folder is not None else float(vae.config.scaling_factor))
     out = export_bundle(vdt, vae, args.out, name=args.name or args.out.name, image_size=vdt.config.input_size * f,
-                        scale_factor=args.scale_factor or float(vae.config.scaling_factor), diffusion=diffusion,
+                        scale_factor=scale, diffusion=diffusion,
                         max_frames=args.max_frames, max_batch=args.max_batch, training=source, fused=args.fused,
                         verbose=args.verbose)
     print(f"wrote bundle {out} (VDT {vdt.config.depth}×{vdt.config.hidden_size}, "
@@ -122,7 +135,7 @@ def _cmd_quantize(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from .checkpoint import load_vdt
+    from .checkpoint import load_checkpoint_folder, load_vdt
     from .bundle import read_manifest
     from .verify import verify_bundle
 
@@ -131,6 +144,9 @@ def _cmd_verify(args) -> int:
     if args.random_init is not None:
         vdt = _random_vdt(VDTConfig(**model), max_frames, args.random_init)
         vae = _vae(args, args.random_init + 1)
+    elif args.checkpoint.is_dir():
+        folder = load_checkpoint_folder(args.checkpoint, max_frames=max_frames)
+        vdt, vae = folder.vdt, _vae(args, 1) or folder.vae
     else:
         vdt = load_vdt(args.checkpoint, max_frames=max_frames, interpolate_pos_embed=True, **model)
         vae = _vae(args, 1)

@@ -244,7 +244,7 @@ def main(argv=None):
                     objective="unified mask, v-prediction, EMA 0.999")
     export_bundle(model.eval(), vae, args.export, name=args.export.name, image_size=bouncing.SIZE,
                   scale_factor=scale, diffusion=DIFFUSION, training=training)
-    save_checkpoint_folder(args.checkpoints, model, vae, scale_factor=scale, diffusion=DIFFUSION)
+    save_checkpoint_folder(args.checkpoints, model, vae, scale_factor=scale, diffusion=DIFFUSION, training=training)
     print(f"exported {args.export} and {args.checkpoints}")
 
 
