@@ -80,3 +80,21 @@ def test_checkpoint_export_errors_are_clear(tmp_path, capsys):
     assert main(["onnx", "--random-init", "0", "--out", str(tmp_path / "b")]) == 2
     assert "--vae-config tiny" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_onnx_from_a_checkpoint_folder_keeps_its_scale_diffusion_and_provenance(tiny_models, tmp_path):
+    """`--checkpoint FOLDER` (what save_checkpoint_folder writes, e.g. checkpoints/default) needs no other flag."""
+    from vdt_export.checkpoint import save_checkpoint_folder
+
+    vdt, vae = tiny_models
+    diffusion = {"beta_schedule": "linear", "num_timesteps": 1000, "prediction_type": "v",
+                 "variance_type": "learned_range"}
+    folder = save_checkpoint_folder(tmp_path / "ckpt", vdt, vae, scale_factor=0.5, diffusion=diffusion,
+                                    training={"seed": 7})
+    out = tmp_path / "b"
+    assert main(["onnx", "--checkpoint", str(folder), "--no-fused", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["diffusion"], manifest["vae"]["scale_factor"], manifest["training"]) == (diffusion, 0.5,
+                                                                                             {"seed": 7})
+    assert manifest["model"]["num_heads"] == vdt.config.num_heads
+    assert main(["verify", str(out), "--checkpoint", str(folder)]) == 0
