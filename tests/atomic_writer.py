@@ -78,12 +78,18 @@ def run_bundle(target: Path, source: Path) -> None:
     from vdt_export.vae import build_vae, tiny_vae_config
 
     def copier(stage: str):
-        def export(model, out, **kw):  # the stage's real ONNX from `source`, copied slowly
-            with open(source / bundle.STAGE_FILES[stage], "rb") as src, open(out, "wb") as dst:
-                while block := src.read(1 << 18):
-                    dst.write(block)
-                    dst.flush()
-                    mark()
+        def export(model, out, **kw):  # the stage's real ONNX (and the weights it reads) from `source`, slowly
+            out = Path(out)
+            copies = {source / bundle.STAGE_FILES[stage]: out}
+            if stage == "denoiser" and (source / bundle.DENOISER_DATA).is_file():
+                copies[source / bundle.DENOISER_DATA] = out.parent / bundle.DENOISER_DATA
+            for src_path, dst_path in copies.items():
+                with open(src_path, "rb") as src, open(dst_path, "wb") as dst:
+                    while block := src.read(1 << 18):
+                        dst.write(block)
+                        dst.flush()
+                        mark()
+            return out
         return export
 
     bundle.export_denoiser = copier("denoiser")
