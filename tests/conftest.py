@@ -39,3 +39,17 @@ def tiny_pipeline(tiny_bundle):
     from vdt_runtime import Pipeline
 
     return Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1})
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(tiny_bundle, tmp_path_factory):
+    """A copy of `tiny_bundle` with an INT8 denoiser (onnxruntime dynamic quantization) added."""
+    pytest.importorskip("onnxruntime.quantization")
+    import shutil
+
+    from vdt_export.quantize import quantize_bundle
+
+    out = tmp_path_factory.mktemp("quantized") / "tiny"
+    shutil.copytree(tiny_bundle, out)
+    quantize_bundle(out)
+    return out

@@ -206,7 +206,7 @@ CASES = [
          lambda c: c.predict(total=9)),
     Case("cond-equals-total", "InputError", ("cond", "1..3", "got 4"),
          lambda c: c.predict(cond=4, total=4)),
-    Case("cond-zero", "InputError", ("cond", ">= 1", "got 0"),
+    Case("cond-zero", "InputError", ("cond", "1..3", "got 0"),
          lambda c: c.predict(cond=0)),
     Case("total-not-an-integer", "InputError", ("total", "integer", "'4'"),
          lambda c: c.predict(total="4")),

@@ -73,10 +73,10 @@ def test_bench_prints_a_table(tiny_bundle, capsys):
 @pytest.mark.parametrize("args,match", [
     (["--task", "predict", "--out", "OUT/x.avi"], "'.avi'"),
     (["--task", "predict", "--out", "OUT/missing/x.gif"], "does not exist"),
-    (["--task", "predict", "--out", "OUT/x.gif", "--stride", "2"], "does not take --stride"),
+    (["--task", "predict", "--out", "OUT/x.gif", "--stride", "2"], "does not take stride=2"),
     (["--task", "unconditional", "--out", "OUT/x.gif", "--steps", "0"], "steps"),
     (["--task", "predict", "--out", "OUT/x.gif", "--cond", "2", "--total", "20"], "max_frames"),
-    (["--task", "rollout", "--out", "OUT/x.gif", "--cond", "2"], "--cond and --total"),
+    (["--task", "rollout", "--out", "OUT/x.gif", "--cond", "2"], "rollout' needs total"),
 ])
 def test_typed_errors_exit_2_with_one_line(tiny_bundle, clip_path, tmp_path, capsys, args, match):
     args = [a.replace("OUT", str(tmp_path)) for a in args]

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from vdt_runtime.errors import InputError
-from vdt_runtime.masks import TASKS, given_frames, task_mask, user_mask, validate_mask
+from vdt_runtime.masks import given_frames, user_mask, validate_mask
+from vdt_runtime.requests import TASKS, task_mask
 
 HW = (4, 6)  # latent h, w
 

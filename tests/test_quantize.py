@@ -10,16 +10,6 @@ import pytest
 pytest.importorskip("onnxruntime.quantization")
 
 
-@pytest.fixture(scope="module")
-def int8_bundle(tiny_bundle, tmp_path_factory):
-    from vdt_export.quantize import quantize_bundle
-
-    out = tmp_path_factory.mktemp("quantized") / "tiny"
-    shutil.copytree(tiny_bundle, out)
-    quantize_bundle(out)
-    return out
-
-
 def test_int8_listed_with_hash(int8_bundle):
     from vdt_runtime.bundle import Bundle, sha256_file
 

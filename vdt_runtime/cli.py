@@ -12,22 +12,11 @@ import numpy as np
 from vdt_runtime.backends import CHOICES, PRECISIONS
 from vdt_runtime.bundle import Bundle, default_bundle_path
 from vdt_runtime.errors import InputError, VDTError
-from vdt_runtime.masks import TASKS
+from vdt_runtime.requests import ROLLOUT, TASKS, Request
 from vdt_runtime.samplers import SAMPLERS
 
-CLI_TASKS = TASKS + ("rollout",)
-# task -> the optional task flags it accepts (anything else given is refused)
-_TASK_FLAGS = {
-    "predict": ("cond", "total"),
-    "backward": ("cond", "total"),
-    "interpolate": ("stride", "total"),
-    "image_to_video": ("total",),
-    "unconditional": ("total",),
-    "complete": ("given", "total"),
-    "inpaint": ("box", "box_frames", "mask"),
-    "rollout": ("cond", "total", "window"),
-}
-_ALL_FLAGS = ("cond", "total", "stride", "given", "box", "box_frames", "mask", "window")
+CLI_TASKS = TASKS + (ROLLOUT,)
+_TASK_ARGS = ("cond", "total", "stride", "given", "box", "box_frames", "window")  # flag -> Request field
 
 
 def _int_list(text: str) -> list[int]:
@@ -150,37 +139,22 @@ def _options(args) -> dict:
 
 
 def _run(args) -> int:
-    from vdt_runtime.video import check_output_path, read_video, write_video
+    """Flags → one Request (which checks them) → the pipeline."""
+    from vdt_runtime.video import check_output_path, write_video
 
-    task = args.task
-    extra = [f for f in _ALL_FLAGS if getattr(args, f) is not None and f not in _TASK_FLAGS[task]]
-    if extra:
-        raise InputError(f"--task {task} does not take {', '.join('--' + f.replace('_', '-') for f in extra)}")
-    if task == "rollout" and (args.cond is None or args.total is None):
-        raise InputError("--task rollout needs --cond and --total")
-    if task != "unconditional" and args.input is None:
-        raise InputError(f"--task {task} needs --input")
-    if task == "unconditional" and args.input is not None:
-        raise InputError("--task unconditional takes no --input")
     check_output_path(args.out)
-    mask = _read_mask(args.mask) if args.mask is not None else None
-    frames = read_video(args.input) if args.input is not None else None
+    task, mask = args.task, None
+    if args.mask is not None:
+        if task != "inpaint":
+            raise InputError(f"--mask is for --task inpaint (a user mask replaces the task), not --task {task}")
+        task, mask = None, _read_mask(args.mask)
+    flags = {f: getattr(args, f) for f in _TASK_ARGS if getattr(args, f) is not None}
+    request = Request(task=task, mask=mask, frames=args.input, steps=args.steps, sampler=args.sampler,
+                      eta=args.eta, seed=args.seed, **flags)
     pipe = _load(args)
     if pipe.chosen:
         print(f"chosen     {pipe.chosen}")
-    kw = dict(steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
-              progress=not args.no_progress, timings=args.timings)
-    if task == "rollout":
-        result = pipe.rollout(frames, args.total, args.cond, args.window, **kw)
-    elif task == "unconditional":
-        result = pipe.unconditional(total=args.total, **kw)
-    else:
-        flags = {f: getattr(args, f) for f in _TASK_FLAGS[task] if getattr(args, f) is not None}
-        if mask is not None:
-            flags["mask"] = mask
-        if task == "complete" and "given" not in flags:
-            raise InputError("--task complete needs --given")
-        result = getattr(pipe, task)(frames, **flags, **kw)
+    result = pipe.generate([request], progress=not args.no_progress, timings=args.timings)[0]
     out = write_video(args.out, result.frames, fps=args.fps)
     t, h, w, _ = result.frames.shape
     print(f"wrote {out} ({t} frames {h}x{w}; denoiser on {', '.join(result.providers['denoiser'])})")

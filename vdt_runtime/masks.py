@@ -1,4 +1,7 @@
-"""Task → mask over T latent frames: float32 [T, h, w] (or [B, T, h, w] for user masks), 1 = generate, 0 = given."""
+"""Mask pieces: float32 [T, h, w] (or [B, T, h, w] for user masks) at latent size, 1 = generate, 0 = given.
+
+The named tasks' masks are built in vdt_runtime.requests from these.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -7,61 +10,6 @@ from vdt_runtime._arrays import as_array
 from vdt_runtime.errors import InputError
 from vdt_runtime.schedule import _check_int
 
-TASKS = ("predict", "backward", "interpolate", "image_to_video", "unconditional", "complete", "inpaint")
-
-_TASK_ARGS = {  # the optional arguments each task reads (required ones first)
-    "predict": ("cond",),
-    "backward": ("cond",),
-    "interpolate": ("stride",),
-    "image_to_video": (),
-    "unconditional": (),
-    "complete": ("given",),
-    "inpaint": ("box", "box_frames"),
-}
-_REQUIRED = {"predict": "cond", "backward": "cond", "interpolate": "stride", "complete": "given", "inpaint": "box"}
-
-
-def task_mask(task: str, total: int, latent_hw: tuple[int, int], *, cond=None, stride=None, given=None,
-              box=None, box_frames=None, image_hw=None) -> np.ndarray:
-    """The mask of a named task over `total` frames of latent size latent_hw: float32 [T, h, w].
-
-    predict: the first `cond` frames given · backward: the last `cond` given · interpolate: frames
-    0, s, 2s, … given · image_to_video: frame 0 given · unconditional: nothing given · complete: the
-    frames in `given` given · inpaint: the pixel box (y0, x0, y1, x1) of an image_hw image is generated
-    on `box_frames` (default all), every latent cell it touches included, everything else given.
-    """
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    args = {"cond": cond, "stride": stride, "given": given, "box": box, "box_frames": box_frames}
-    for name, value in args.items():
-        if value is not None and name not in _TASK_ARGS[task]:
-            raise InputError(f"task {task!r} does not take {name}={value!r}")
-    required = _REQUIRED.get(task)
-    if required is not None and args[required] is None:
-        raise InputError(f"task {task!r} needs {required}")
-    total = _check_int("total", total, 1, None)
-    h, w = _check_hw("latent_hw", latent_hw)
-    frames = np.ones(total, dtype=bool)  # [T] True = generated (all tasks but inpaint are per frame)
-
-    if task in ("predict", "backward"):
-        if total < 2:
-            raise InputError(f"task {task!r} needs total >= 2 so that cond can be 1..total-1, got total={total}")
-        cond = _check_int("cond", cond, 1, total - 1)
-        if task == "predict":
-            frames[:cond] = False
-        else:
-            frames[total - cond:] = False
-    elif task == "interpolate":
-        frames[:: _check_int("stride", stride, 2, None)] = False
-    elif task == "image_to_video":
-        frames[0] = False
-    elif task == "complete":
-        frames[list(_frame_indices("given", given, total))] = False
-    elif task == "inpaint":
-        return _check_not_all_given(_inpaint(total, (h, w), box, box_frames, image_hw), task)
-    mask = np.broadcast_to(frames[:, None, None], (total, h, w)).astype(np.float32)
-    return _check_not_all_given(mask, task)
-
 
 def user_mask(mask, total: int, latent_hw: tuple[int, int], image_hw: tuple[int, int] | None = None) -> np.ndarray:
     """A caller's 0/1 mask [T,h,w] | [B,T,h,w], or at pixel size [T,H,W] | [B,T,H,W], as float32 latent mask.
@@ -69,13 +17,13 @@ def user_mask(mask, total: int, latent_hw: tuple[int, int], image_hw: tuple[int,
     A pixel-size mask is reduced per latent cell: the cell is generated if ANY of its pixels is 1.
     """
     total = _check_int("total", total, 1, None)
-    h, w = _check_hw("latent_hw", latent_hw)
+    h, w = check_hw("latent_hw", latent_hw)
     m = _check_binary(mask)
     if m.ndim not in (3, 4) or m.shape[-3] != total:
         raise InputError(f"mask must be [T, h, w] or [B, T, h, w] with T = total = {total}, got {tuple(m.shape)}")
     m = m.astype(bool)
     if m.shape[-2:] != (h, w):
-        if image_hw is None or m.shape[-2:] != _check_hw("image_hw", image_hw):
+        if image_hw is None or m.shape[-2:] != check_hw("image_hw", image_hw):
             sizes = f"latent {(h, w)}" + (f" nor image {tuple(image_hw)}" if image_hw is not None else "")
             raise InputError(f"mask spatial size {tuple(m.shape[-2:])} matches neither {sizes}")
         fy, fx = _factors((h, w), image_hw)
@@ -85,11 +33,11 @@ def user_mask(mask, total: int, latent_hw: tuple[int, int], image_hw: tuple[int,
 
 def validate_mask(mask: np.ndarray, total: int, latent_hw: tuple[int, int]) -> np.ndarray:
     """Check a latent mask [T,h,w] | [B,T,h,w]: shape, values 0/1, something to generate; float32 back."""
-    h, w = _check_hw("latent_hw", latent_hw)
+    h, w = check_hw("latent_hw", latent_hw)
     m = _check_binary(mask)
     if m.ndim not in (3, 4) or m.shape[-3:] != (total, h, w):
         raise InputError(f"mask must be [T, h, w] = {(total, h, w)} or [B, T, h, w], got {tuple(m.shape)}")
-    return _check_not_all_given(m.astype(np.float32), "user")
+    return check_not_all_given(m.astype(np.float32), "user")
 
 
 def given_frames(mask: np.ndarray) -> tuple[int, ...]:
@@ -101,11 +49,11 @@ def given_frames(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.flatnonzero(~(m != 0).any(axis=(0, 2, 3))))
 
 
-def _inpaint(total: int, hw: tuple[int, int], box, box_frames, image_hw) -> np.ndarray:
+def box_mask(total: int, hw: tuple[int, int], box, box_frames, image_hw) -> np.ndarray:
     """Mask [T, h, w]: 1 on the latent cells the pixel box touches on box_frames, else 0."""
     if image_hw is None:
         raise InputError("task 'inpaint' needs image_hw, the (H, W) pixel size the box refers to")
-    (img_h, img_w), (fy, fx) = _check_hw("image_hw", image_hw), _factors(hw, image_hw)
+    (img_h, img_w), (fy, fx) = check_hw("image_hw", image_hw), _factors(hw, image_hw)
     if not isinstance(box, (tuple, list, np.ndarray)) or len(box) != 4:
         raise InputError(f"box must be 4 pixel coordinates (y0, x0, y1, x1), got {box!r}")
     y0, x0, y1, x1 = (_check_int("box coordinate", v, 0, None) for v in box)
@@ -114,7 +62,7 @@ def _inpaint(total: int, hw: tuple[int, int], box, box_frames, image_hw) -> np.n
             f"box {(y0, x0, y1, x1)} must be non-empty and inside the image: "
             f"0 <= y0 < y1 <= {img_h}, 0 <= x0 < x1 <= {img_w}"
         )
-    frames = range(total) if box_frames is None else _frame_indices("box_frames", box_frames, total)
+    frames = range(total) if box_frames is None else frame_indices("box_frames", box_frames, total)
     mask = np.zeros((total,) + hw, dtype=np.float32)
     rows = slice(y0 // fy, -(-y1 // fy))  # every latent cell the box touches
     cols = slice(x0 // fx, -(-x1 // fx))
@@ -135,14 +83,14 @@ def _check_binary(mask) -> np.ndarray:
     return m
 
 
-def _frame_indices(name: str, indices, total: int) -> tuple[int, ...]:
+def frame_indices(name: str, indices, total: int) -> tuple[int, ...]:
     """Frame indices, each an integer in 0..total−1."""
     if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
         raise InputError(f"{name} must be a sequence of frame indices in 0..{total - 1}, got {indices!r}")
     return tuple(_check_int(f"{name} index", i, 0, total - 1) for i in indices)
 
 
-def _check_hw(name: str, hw) -> tuple[int, int]:
+def check_hw(name: str, hw) -> tuple[int, int]:
     if not isinstance(hw, (tuple, list)) or len(hw) != 2:
         raise InputError(f"{name} must be (height, width), got {hw!r}")
     return _check_int(f"{name} height", hw[0], 1, None), _check_int(f"{name} width", hw[1], 1, None)
@@ -150,13 +98,13 @@ def _check_hw(name: str, hw) -> tuple[int, int]:
 
 def _factors(latent_hw: tuple[int, int], image_hw) -> tuple[int, int]:
     """Pixels per latent cell along (y, x); the image size must be a whole multiple of the latent size."""
-    (h, w), (img_h, img_w) = latent_hw, _check_hw("image_hw", image_hw)
+    (h, w), (img_h, img_w) = latent_hw, check_hw("image_hw", image_hw)
     if img_h % h or img_w % w:
         raise InputError(f"image_hw {(img_h, img_w)} must be a whole multiple of latent_hw {(h, w)}")
     return img_h // h, img_w // w
 
 
-def _check_not_all_given(mask: np.ndarray, what: str) -> np.ndarray:
+def check_not_all_given(mask: np.ndarray, what: str) -> np.ndarray:
     """Refuse a mask (or any batch item of one) with nothing to generate."""
     m = mask.reshape((-1,) + mask.shape[-3:])  # [B, T, h, w]
     empty = np.flatnonzero(~(m != 0).any(axis=(1, 2, 3)))

@@ -1,12 +1,10 @@
 """The deployable pipeline: frames → VAE encode → masked sampling (NumPy) → VAE decode → frames."""
 from __future__ import annotations
 
-import numbers
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -14,11 +12,10 @@ from vdt_runtime._arrays import as_array
 from vdt_runtime.backends import Backend, open_backend, plan
 from vdt_runtime.bundle import STAGES, Bundle, default_bundle_path
 from vdt_runtime.errors import InputError
-from vdt_runtime.masks import TASKS, task_mask, user_mask
+from vdt_runtime.requests import ROLLOUT, Plan, Request, as_frames
 from vdt_runtime.samplers import get_sampler, standard_normal
-from vdt_runtime.schedule import Schedule, _check_int, make_schedule
+from vdt_runtime.schedule import Schedule, make_schedule
 from vdt_runtime.timing import Timer
-from vdt_runtime.video import read_video
 
 Frames = "np.ndarray | str | os.PathLike | None"
 
@@ -29,20 +26,17 @@ class Result:
 
     frames: np.ndarray  # uint8 [T, H, W, 3]
     mask: np.ndarray  # float32 [T, h, w] latent mask, 1 = generated, 0 = given
-    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds (when asked for)
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds of its batch (when asked for)
     providers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # stage -> what really ran
 
 
 @dataclass(frozen=True)
 class _Sampling:
-    """Validated sampling settings."""
+    """A sampler with its schedule and options, shared by a batch."""
 
     sample: Callable
     schedule: Schedule
     options: dict
-    seed: int
-    progress: bool
-    timings: bool
 
 
 class Pipeline:
@@ -52,6 +46,9 @@ class Pipeline:
     Float input in [0, 1] is accepted and quantised first (round(x·255)). Every pixel the mask marks as
     given comes back as the ORIGINAL input pixel, bit for bit; only frames with generated cells go
     through the VAE decoder. Everything is validated before any backend runs.
+
+    Every call builds `Request`s (vdt_runtime.requests) and runs them through `generate`, which batches compatible
+    requests; a request's frames are the same bytes alone or in any batch (each has its own seeded noise stream).
 
     Thread-safe: one Pipeline may serve concurrent calls from several threads (each call keeps its state in
     locals; onnxruntime sessions allow concurrent run()), and threads may load their own. Same seed, bundle
@@ -124,7 +121,53 @@ class Pipeline:
     def max_frames(self) -> int:
         return self.bundle.max_frames
 
-    # --- the general entry point ------------------------------------------------------------
+    # --- requests -----------------------------------------------------------------------------
+    def generate(self, requests: Iterable[Request], *, progress: bool = False, timings: bool = False) -> list[Result]:
+        """Run a list of Requests; one Result each, in order.
+
+        Requests with the same total, sampler, steps and eta (rollouts: also cond and window) run as one batch,
+        stacked on B up to the denoiser's batch max (split beyond). Each request draws its noise from its own
+        Generator seeded with its seed, so its frames are byte-identical alone or in any batch, at any position.
+        Every request is checked before any backend runs. `timings` gives each Result its batch's stage seconds.
+        """
+        if isinstance(requests, Request):
+            raise InputError("generate takes a list of Requests; wrap a single one in [...]")
+        requests = list(requests)
+        for i, r in enumerate(requests):
+            if not isinstance(r, Request):
+                raise InputError(f"requests[{i}] is a {type(r).__name__}, not a vdt_runtime.Request")
+        plans = [r.plan(self.bundle) for r in requests]
+        samplings = {p.sampling: self._sampling(*p.sampling) for p in plans}
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(plans):
+            groups.setdefault(p.batch_key, []).append(i)
+        cap = self.bundle.stage("denoiser").axis_max("batch") or len(plans) or 1
+        chunks = [idx[i: i + cap] for idx in groups.values() for i in range(0, len(idx), cap)]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = sum(plans[c[0]].sampling[1] * plans[c[0]].windows for c in chunks)
+            bar = tqdm(total=steps, desc="sampling", unit="step", leave=False)
+        results: list[Result | None] = [None] * len(plans)
+        try:
+            for chunk in chunks:
+                batch, timer = [plans[i] for i in chunk], Timer()
+                sampling = samplings[batch[0].sampling]
+                with timer.stage("total"):
+                    rngs = [np.random.default_rng(p.seed) for p in batch]
+                    if batch[0].cond is None:
+                        outs, masks = self._batch(batch, sampling, rngs, timer, bar), [p.mask for p in batch]
+                    else:
+                        outs, masks = self._rollout(batch, sampling, rngs, timer, bar)
+                for i, out, m in zip(chunk, outs, masks):
+                    results[i] = Result(frames=out, mask=m, timings=dict(timer.seconds) if timings else {},
+                                        providers=self.providers)
+        finally:
+            if bar is not None:
+                bar.close()
+        return results
+
     def run(self, frames: Frames = None, *, mask=None, task: str | None = None, total: int | None = None,
             cond=None, stride=None, given=None, box=None, box_frames=None, steps: int = 50,
             sampler: str = "ddpm", eta: float = 0.0, seed: int = 0, progress: bool = False,
@@ -134,274 +177,168 @@ class Pipeline:
         `frames` is aligned with the output: frames[i] is output frame i, for i < len(frames) <= total;
         every frame with a given cell must be supplied. Frames not supplied are generated.
         """
-        sampling = self._sampling(steps, sampler, eta, seed, progress, timings)
-        video = self._frames(frames)
-        if total is None:
-            total = len(video) if video is not None else (np.shape(mask)[-3] if mask is not None else None)
-        total = self._total(self.bundle.num_frames if total is None else total)
-        m = self._mask(mask, task, total, cond=cond, stride=stride, given=given, box=box, box_frames=box_frames)
-        self._check_supplied(video, m, total, task or "mask")
-        timer, bar = Timer(), self._bar(sampling, 1)
-        try:
-            with timer.stage("total"):
-                out = self._generate(video, m, sampling, np.random.default_rng(sampling.seed), timer, bar)
-        finally:
-            if bar is not None:
-                bar.close()
-        return self._result(out, m, timer, sampling)
+        video = as_frames(frames, self.image_size)
+        aligned = video is not None and mask is None and task != ROLLOUT
+        if total is None and aligned:
+            total = len(video)
+        request = Request(task=task, frames=video, mask=mask, total=total, cond=cond, stride=stride, given=given,
+                          box=box, box_frames=box_frames, at=range(len(video)) if aligned else None,
+                          steps=steps, sampler=sampler, eta=eta, seed=seed)
+        return self._one(request, progress, timings)
 
-    # --- task conveniences --------------------------------------------------------------------
+    # --- task conveniences: each builds one Request ------------------------------------------
     def predict(self, frames: Frames, *, cond: int | None = None, total: int | None = None, **kw) -> Result:
         """Continue the first `cond` frames (default: all supplied) to `total` frames."""
-        video = self._need_frames(frames, "predict")
-        cond = _check_int("cond", len(video) if cond is None else cond, 1, None)
-        self._enough(video, cond, f"predict with cond={cond}")
-        return self.run(video[:cond], task="predict", cond=cond, total=self._default_total(total), **kw)
+        return self._task("predict", frames, cond=cond, total=total, **kw)
 
     def backward(self, frames: Frames, *, cond: int | None = None, total: int | None = None, **kw) -> Result:
         """Generate what came before: the first `cond` supplied frames become the LAST cond output frames."""
-        video = self._need_frames(frames, "backward")
-        total = self._total(self._default_total(total))
-        cond = _check_int("cond", len(video) if cond is None else cond, 1, total - 1)
-        self._enough(video, cond, "backward")
-        return self.run(self._place(video[:cond], range(total - cond, total), total), task="backward",
-                        cond=cond, total=total, **kw)
+        return self._task("backward", frames, cond=cond, total=total, **kw)
 
     def interpolate(self, frames: Frames, *, stride: int = 2, total: int | None = None, **kw) -> Result:
         """Keyframes go to frames 0, s, 2s, … < total (default total: (keyframes − 1)·s + 1); the rest is generated."""
-        video = self._need_frames(frames, "interpolate")
-        stride = _check_int("stride", stride, 2, None)
-        total = self._total((len(video) - 1) * stride + 1 if total is None else total)
-        slots = range(0, total, stride)
-        self._enough(video, len(slots), f"interpolate with stride={stride} over total={total}")
-        return self.run(self._place(video[: len(slots)], slots, total), task="interpolate", stride=stride,
-                        total=total, **kw)
+        return self._task("interpolate", frames, stride=stride, total=total, **kw)
 
     def image_to_video(self, image: Frames, *, total: int | None = None, **kw) -> Result:
         """Animate one image (uint8 [H, W, 3], or the first frame of [T, H, W, 3] or of a file)."""
-        if isinstance(image, np.ndarray) and image.ndim == 3:
-            image = image[None]
-        video = self._need_frames(image, "image_to_video")
-        return self.run(video[:1], task="image_to_video", total=self._default_total(total), **kw)
+        return self._task("image_to_video", image, total=total, **kw)
 
     def unconditional(self, *, total: int | None = None, **kw) -> Result:
         """Generate `total` frames from nothing."""
-        return self.run(None, task="unconditional", total=self._default_total(total), **kw)
+        return self._task("unconditional", None, total=total, **kw)
 
     def complete(self, frames: Frames, *, given, total: int | None = None, **kw) -> Result:
         """Frames supplied one per entry of `given`, in that order, are placed at those indices; the rest is generated."""
-        video = self._need_frames(frames, "complete")
-        total = self._total(self._default_total(total))
-        if isinstance(given, (str, bytes)) or not hasattr(given, "__iter__"):
-            raise InputError(f"given must be a sequence of frame indices in 0..{total - 1}, got {given!r}")
-        given = [_check_int("given index", i, 0, total - 1) for i in given]
-        self._enough(video, len(given), f"complete with given={given}")
-        return self.run(self._place(video[: len(given)], given, total), task="complete", given=given,
-                        total=total, **kw)
+        return self._task("complete", frames, given=given, total=total, **kw)
 
     def inpaint(self, frames: Frames, *, box=None, box_frames=None, mask=None, **kw) -> Result:
         """Regenerate a pixel box (y0, x0, y1, x1) on `box_frames` (default all), or a user `mask`, of a whole clip."""
-        video = self._need_frames(frames, "inpaint")
         if mask is not None:
             if box is not None or box_frames is not None:
                 raise InputError("inpaint takes either mask= or box= (with box_frames=), not both")
-            return self.run(video, mask=mask, **kw)
-        return self.run(video, task="inpaint", box=box, box_frames=box_frames, total=len(video), **kw)
+            return self._task(None, frames, mask=mask, **kw)
+        return self._task("inpaint", frames, box=box, box_frames=box_frames, **kw)
 
-    def rollout(self, frames: Frames, total: int, cond: int, window: int | None = None, *, steps: int = 50,
-                sampler: str = "ddpm", eta: float = 0.0, seed: int = 0, progress: bool = False,
-                timings: bool = False) -> Result:
+    def rollout(self, frames: Frames, total: int, cond: int, window: int | None = None, **kw) -> Result:
         """Any length: windows of `window` (default max_frames) frames, each conditioned on the last `cond` so far.
 
         The first `cond` supplied frames start the video; one Generator seeded once drives every window.
         """
-        sampling = self._sampling(steps, sampler, eta, seed, progress, timings)
-        video = self._need_frames(frames, "rollout")
-        window = _check_int("window", self.max_frames if window is None else window, 2, self.max_frames)
-        cond = _check_int("cond", cond, 1, window - 1)
-        total = _check_int("total", total, cond + 1, None)
-        self._enough(video, cond, "rollout")
-        hw = (self.bundle.latent_size,) * 2
-        video, masks = video[:cond], [np.zeros((cond,) + hw, np.float32)]
-        rng, timer = np.random.default_rng(sampling.seed), Timer()
-        windows = -(-(total - cond) // (window - cond))
-        bar = self._bar(sampling, windows)
-        try:
-            with timer.stage("total"):
-                while len(video) < total:
-                    new = min(window - cond, total - len(video))
-                    m = task_mask("predict", cond + new, hw, cond=cond)  # [cond + new, h, w]
-                    out = self._generate(video[-cond:], m, sampling, rng, timer, bar)
-                    video = np.concatenate([video, out[cond:]])
-                    masks.append(m[cond:])
-        finally:
-            if bar is not None:
-                bar.close()
-        return self._result(video, np.concatenate(masks), timer, sampling)
+        return self._task(ROLLOUT, frames, total=total, cond=cond, window=window, **kw)
 
-    # --- validation -----------------------------------------------------------------------------
-    def _sampling(self, steps, sampler, eta, seed, progress, timings) -> _Sampling:
-        sample = get_sampler(sampler)
-        d = self.bundle.diffusion
-        schedule = make_schedule(_check_int("steps", steps, 1, int(d["num_timesteps"])),
-                                 num_timesteps=d["num_timesteps"], beta_schedule=d["beta_schedule"],
-                                 prediction_type=d["prediction_type"], variance_type=d["variance_type"])
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-            raise InputError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
-        options = {}
-        if sampler in ("ddim", "dpmpp"):
-            options["eta"] = eta
-        elif eta != 0.0:
-            raise InputError(f"eta={eta!r} applies only to samplers 'ddim' and 'dpmpp', not {sampler!r}")
-        return _Sampling(sample, schedule, options, int(seed), bool(progress), bool(timings))
+    def _task(self, task, frames, *, progress: bool = False, timings: bool = False, **kw) -> Result:
+        return self._one(Request(task=task, frames=frames, **kw), progress, timings)
 
-    def _frames(self, frames: Frames) -> np.ndarray | None:
-        """None, a path or an array → uint8 [T, H, W, 3] of the bundle's image size (or None)."""
-        if frames is None:
-            return None
-        if isinstance(frames, (str, os.PathLike)):
-            frames = read_video(frames)
-        f = as_array(frames, "frames", f"uint8 [T, H, W, 3] with H = W = {self.image_size}")
-        if f.ndim != 4 or f.shape[-1] != 3:
-            raise InputError(f"frames must be [T, H, W, 3] (RGB), got shape {tuple(f.shape)}")
-        if f.shape[0] == 0:
-            raise InputError("frames is empty (T = 0)")
-        size = self.image_size
-        if f.shape[1:3] != (size, size):
-            raise InputError(f"frames are {f.shape[1]}x{f.shape[2]} pixels; this bundle takes {size}x{size}")
-        if f.dtype == np.uint8:
-            return f
-        if f.dtype.kind != "f":
-            raise InputError(f"frames must be uint8 in 0..255 or float in [0, 1], got dtype {f.dtype}")
-        bad = f.size - int(np.isfinite(f).sum())
-        if bad:
-            raise InputError(f"frames contain {bad} NaN or Inf value(s); float frames must be finite, in [0, 1]")
-        if f.min() < 0 or f.max() > 1:
-            raise InputError(f"float frames must lie in [0, 1], got range [{f.min():g}, {f.max():g}]")
-        return np.round(f.astype(np.float64) * 255).astype(np.uint8)
-
-    def _need_frames(self, frames: Frames, task: str) -> np.ndarray:
-        video = self._frames(frames)
-        if video is None:
-            raise InputError(f"task {task!r} needs input frames")
-        return video
-
-    @staticmethod
-    def _enough(video: np.ndarray, needed: int, what: str) -> None:
-        if len(video) < needed:
-            raise InputError(f"{what} needs {needed} input frame(s), got {len(video)}")
-
-    def _default_total(self, total):
-        return self.bundle.num_frames if total is None else total
-
-    def _total(self, total) -> int:
-        total = _check_int("total", total, 1, None)
-        if total > self.max_frames:
-            raise InputError(f"total={total} frames exceeds this bundle's max_frames={self.max_frames}; "
-                             "use rollout for longer videos")
-        if total > self.bundle.num_frames:
-            warnings.warn(f"total={total} frames is beyond the trained length {self.bundle.num_frames} "
-                          f"(the bundle allows up to {self.max_frames}); quality may drop", RuntimeWarning,
-                          stacklevel=3)
-        return total
-
-    def _mask(self, mask, task, total: int, **task_args) -> np.ndarray:
-        """The latent mask float32 [T, h, w] from a task or a user mask."""
-        hw = (self.bundle.latent_size,) * 2
-        if mask is None:
-            if task is None:
-                raise InputError(f"give task= (one of {', '.join(TASKS)}) or mask=")
-            return task_mask(task, total, hw, image_hw=(self.image_size,) * 2, **task_args)
-        extra = {k: v for k, v in task_args.items() if v is not None}
-        if task is not None or extra:
-            drop = ([f"task={task!r}"] if task is not None else []) + [f"{k}={v!r}" for k, v in sorted(extra.items())]
-            raise InputError(f"a user mask replaces the task; drop {', '.join(drop)}")
-        m = user_mask(mask, total, hw, image_hw=(self.image_size,) * 2)
-        if m.ndim == 4:
-            if m.shape[0] != 1:
-                raise InputError(f"the pipeline generates one video; mask batch must be 1, got {m.shape[0]}")
-            m = m[0]
-        return m
-
-    @staticmethod
-    def _check_supplied(video, m: np.ndarray, total: int, what: str) -> None:
-        supplied = 0 if video is None else len(video)
-        if supplied > total:
-            raise InputError(f"got {supplied} frames for total={total}; supply at most total frames")
-        given = np.flatnonzero((m < 1).any(axis=(1, 2)))
-        missing = given[given >= supplied]
-        if missing.size:
-            raise InputError(f"{what} gives frame(s) {missing.tolist()} but only {supplied} frame(s) were supplied")
-
-    @staticmethod
-    def _place(video: np.ndarray, indices, total: int) -> np.ndarray:
-        """uint8 [total, H, W, 3]: video[j] at indices[j], zeros elsewhere (those frames are generated)."""
-        out = np.zeros((total,) + video.shape[1:], np.uint8)
-        out[list(indices)] = video
-        return out
+    def _one(self, request: Request, progress: bool, timings: bool) -> Result:
+        return self.generate([request], progress=progress, timings=timings)[0]
 
     # --- the work ---------------------------------------------------------------------------
-    def _generate(self, video, m: np.ndarray, s: _Sampling, rng: np.random.Generator, timer: Timer, bar) -> np.ndarray:
-        """uint8 [T, H, W, 3] for mask m [T, h, w]; given cells are the input pixels."""
-        total = m.shape[0]
-        given = np.flatnonzero((m < 1).any(axis=(1, 2)))  # frames with any given cell
-        generated = np.flatnonzero((m > 0).any(axis=(1, 2)))
-        x_given = np.zeros((1,) + self.bundle.latent_shape(total), np.float32)  # [1, T, C, h, w]
-        if given.size:
+    def _sampling(self, sampler: str, steps: int, eta: float) -> _Sampling:
+        d = self.bundle.diffusion
+        schedule = make_schedule(steps, num_timesteps=d["num_timesteps"], beta_schedule=d["beta_schedule"],
+                                 prediction_type=d["prediction_type"], variance_type=d["variance_type"])
+        return _Sampling(get_sampler(sampler), schedule, {"eta": eta} if sampler in ("ddim", "dpmpp") else {})
+
+    def _batch(self, plans: list[Plan], s: _Sampling, rngs: list[np.random.Generator], timer: Timer,
+               bar) -> list[np.ndarray]:
+        """uint8 [T, H, W, 3] per plan (all of one total T), sampled as one batch; given cells are the input pixels."""
+        total = plans[0].total
+        givens = [np.flatnonzero((p.mask < 1).any(axis=(1, 2))) for p in plans]  # frames with any given cell
+        generated = [np.flatnonzero((p.mask > 0).any(axis=(1, 2))) for p in plans]
+        shape = self.bundle.latent_shape(total)  # [T, C, h, w]
+        x_given = np.zeros((len(plans),) + shape, np.float32)  # [B, T, C, h, w]
+        if any(g.size for g in givens):
             with timer.stage("vae_encoder"):
-                x_given[0, given] = self._encode(video[given])
-        x_T = standard_normal(rng, x_given.shape)
+                latents = self._encode([p.frames[g] for p, g in zip(plans, givens) if g.size])
+            for b, lat in zip([b for b, g in enumerate(givens) if g.size], latents):
+                x_given[b, givens[b]] = lat
+        x_T = np.stack([standard_normal(rng, shape) for rng in rngs])  # each item's noise from its own seed
 
         den = self._den
         names = [spec.name for spec in den.inputs]
         out_name = den.outputs[0].name
+        together = self._batch_invariant(den)
 
-        def denoise(x, t):  # x [1, T, C, h, w] float32, t [1] float32 → [1, T, outC, h, w]
+        def denoise(x, t):  # x [B, T, C, h, w] float32, t [B] float32 → [B, T, outC, h, w]
             start = time.perf_counter()
-            out = den.run({names[0]: x, names[1]: t})[out_name]
+            if together:
+                out = den.run({names[0]: x, names[1]: t})[out_name]
+            else:  # one call per item, so a per-call activation scale sees only that item
+                out = np.concatenate([den.run({names[0]: x[b: b + 1], names[1]: t[b: b + 1]})[out_name]
+                                      for b in range(len(x))])
             timer.add("denoiser", time.perf_counter() - start)
             return out
 
         callback = (lambda i, n, x: bar.update(1)) if bar is not None else None
         start, before = time.perf_counter(), timer.seconds.get("denoiser", 0.0)
-        x0 = s.sample(denoise, x_T, s.schedule, rng=rng, mask=m, x_given=x_given, callback=callback, **s.options)
+        def noise(shape):  # [B, T, C, h, w]: item b's noise from its own Generator, whatever else is in the batch
+            return np.stack([standard_normal(rng, shape[1:]) for rng in rngs])
+
+        x0 = s.sample(denoise, x_T, s.schedule, rng=noise, mask=np.stack([p.mask for p in plans]), x_given=x_given,
+                      callback=callback, **s.options)
         timer.add("sampler", time.perf_counter() - start - (timer.seconds.get("denoiser", 0.0) - before))
 
-        out = np.zeros((total, self.image_size, self.image_size, 3), np.uint8)
         with timer.stage("vae_decoder"):
-            out[generated] = self._decode(x0[0, generated])
-        if given.size:
-            f = self.bundle.vae["downsample"]
-            keep = np.repeat(np.repeat(m[given] == 0, f, axis=1), f, axis=2)  # [G, H, W] pixel is given
-            out[given] = np.where(keep[..., None], video[given], out[given])
-        return out
+            decoded = self._decode([x0[b, g] for b, g in enumerate(generated)])
+        outs = []
+        f = self.bundle.vae["downsample"]
+        for p, given, gen, pixels in zip(plans, givens, generated, decoded):
+            out = np.zeros((total, self.image_size, self.image_size, 3), np.uint8)
+            out[gen] = pixels
+            if given.size:
+                keep = np.repeat(np.repeat(p.mask[given] == 0, f, axis=1), f, axis=2)  # [G, H, W] pixel is given
+                out[given] = np.where(keep[..., None], p.frames[given], out[given])
+            outs.append(out)
+        return outs
 
-    def _encode(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, 3] → scaled latents float32 [N, C, h, w], in batches the encoder accepts."""
-        images = frames.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0  # [N, 3, H, W] in [-1, 1]
-        return self._batched(self._enc, images)
+    def _rollout(self, plans: list[Plan], s: _Sampling, rngs, timer: Timer, bar):
+        """Rollouts of one (total, cond, window) in lockstep: each window is a batch of predict requests."""
+        p0 = plans[0]
+        cond, window, total = p0.cond, p0.window, p0.total
+        hw = (self.bundle.latent_size,) * 2
+        videos = [p.frames for p in plans]
+        masks = [[np.zeros((cond,) + hw, np.float32)] for _ in plans]
+        sampler, steps, eta = p0.sampling
+        while len(videos[0]) < total:
+            new = min(window - cond, total - len(videos[0]))
+            window_plans = [Request(task="predict", frames=v[-cond:], cond=cond, total=cond + new, steps=steps,
+                                    sampler=sampler, eta=eta, seed=p.seed).plan(self.bundle)
+                            for v, p in zip(videos, plans)]
+            outs = self._batch(window_plans, s, rngs, timer, bar)
+            videos = [np.concatenate([v, out[cond:]]) for v, out in zip(videos, outs)]
+            for m, wp in zip(masks, window_plans):
+                m.append(wp.mask[cond:])
+        return videos, [np.concatenate(m) for m in masks]
 
-    def _decode(self, latents: np.ndarray) -> np.ndarray:
-        """float32 [N, C, h, w] → uint8 [N, H, W, 3] (clipped to [-1, 1], rounded)."""
-        if len(latents) == 0:
-            return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
-        images = self._batched(self._dec, latents.astype(np.float32))  # [N, 3, H, W]
-        pixels = np.round((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
-        return pixels.transpose(0, 2, 3, 1)
+    def _batch_invariant(self, backend: Backend) -> bool:
+        """Whether a stage's results per item are independent of what else is in its batch.
+
+        False for dynamically quantized files (onnxruntime's DynamicQuantizeLinear takes ONE activation scale over
+        the whole input tensor, so batch neighbours change an item's rounding); those stages run item by item.
+        """
+        quant = self.bundle.manifest.get("quantization", {}).get(backend.precision, {})
+        return quant.get("mode") != "dynamic"
+
+    def _encode(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 [N, H, W, 3] per clip → scaled latents float32 [N, C, h, w] per clip."""
+        images = [c.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0 for c in clips]  # [N, 3, H, W] in [-1, 1]
+        return self._stage(self._enc, images)
+
+    def _decode(self, latents: list[np.ndarray]) -> list[np.ndarray]:
+        """float32 [N, C, h, w] per clip → uint8 [N, H, W, 3] per clip (clipped to [-1, 1], rounded)."""
+        images = self._stage(self._dec, [x.astype(np.float32) for x in latents])  # [N, 3, H, W] each
+        return [np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
+                for x in images]
+
+    def _stage(self, backend: Backend, parts: list[np.ndarray]) -> list[np.ndarray]:
+        """Run a VAE stage over every part's items [N, ...]: together when batch-invariant, else part by part."""
+        if not self._batch_invariant(backend):
+            return [self._batched(backend, x) for x in parts]
+        sizes = np.cumsum([len(x) for x in parts])[:-1]
+        return np.split(self._batched(backend, np.concatenate(parts)), sizes) if parts else []
 
     def _batched(self, backend: Backend, x: np.ndarray) -> np.ndarray:
         """Run a VAE stage over x [N, ...] in chunks of at most the manifest's batch max."""
-        cap = self.bundle.stage(backend.stage).axis_max("batch", len(x)) or len(x)
         name, out = backend.inputs[0].name, backend.outputs[0].name
+        cap = self.bundle.stage(backend.stage).axis_max("batch", len(x)) or len(x)
         return np.concatenate([backend.run({name: x[i: i + cap]})[out] for i in range(0, len(x), cap)])
-
-    def _bar(self, s: _Sampling, windows: int):
-        if not s.progress:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=windows * s.schedule.steps, desc="sampling", unit="step", leave=False)
-
-    def _result(self, frames: np.ndarray, m: np.ndarray, timer: Timer, s: _Sampling) -> Result:
-        return Result(frames=frames, mask=m, timings=dict(timer.seconds) if s.timings else {},
-                      providers=self.providers)
