@@ -1,0 +1,182 @@
+"""End-to-end check of `vdt serve`, run by tests/test_serve.py with an interpreter PyTriton's Triton stub accepts.
+
+    python tests/serve_check.py BUNDLE
+
+Starts `vdt serve BUNDLE` on 127.0.0.1 (free ports), sends concurrent requests over HTTP and gRPC with
+tritonclient, and checks that each answer is byte-identical to a direct Pipeline call with the same Request;
+then that refused requests get a clear error and the server keeps serving. Exits non-zero on any failure.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from vdt_runtime import Pipeline, Request  # noqa: E402
+
+HOST = "127.0.0.1"
+STEPS = 2
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind((HOST, 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def start_server(bundle: str, ports: list[int]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vdt_runtime.cli", "serve", bundle, "--host", HOST, "--http-port", str(ports[0]),
+           "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--backend", "cpu", "--threads", "1",
+           "--queue-delay-us", "300000"]  # wait up to 0.3 s to fill a batch, so concurrent requests do batch
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("serving model"):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 240
+    while not ready.is_set():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            sys.exit("server did not start:\n" + "".join(lines[-40:]))
+        time.sleep(0.2)
+    proc.log = lines  # type: ignore[attr-defined]
+    return proc
+
+
+def call(kind: str, ports: list[int], frames: np.ndarray, params: dict):
+    """One request → (frames, error) over "http" or "grpc"."""
+    if kind == "http":
+        import tritonclient.http as client
+
+        c = client.InferenceServerClient(f"{HOST}:{ports[0]}", network_timeout=300)
+    else:
+        import tritonclient.grpc as client
+
+        c = client.InferenceServerClient(f"{HOST}:{ports[1]}")
+    params = dict(params)
+    task = client.InferInput("task", [1, 1], "BYTES")
+    task.set_data_from_numpy(np.array([[params.pop("task").encode()]], dtype=object))
+    inputs = [task]
+    if len(frames):
+        x = client.InferInput("frames", [1, *frames.shape], "UINT8")
+        x.set_data_from_numpy(frames[None])
+        inputs.append(x)
+    outputs = [client.InferRequestedOutput("frames"), client.InferRequestedOutput("error")]
+    result = c.infer("vdt", inputs=inputs, outputs=outputs, parameters=params)
+    err = result.as_numpy("error").reshape(-1)[0]
+    frames = result.as_numpy("frames")
+    return None if frames is None else frames[0], err.decode() if isinstance(err, bytes) else str(err)
+
+
+def metric(ports: list[int], name: str) -> float:
+    """A counter of model "vdt" from Triton's Prometheus endpoint."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{HOST}:{ports[2]}/metrics", timeout=30).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and 'model="vdt"' in line)
+
+
+def main(bundle: str) -> None:
+    pipe = Pipeline.load(bundle, backend="cpu", threads=1)
+    size, total = pipe.image_size, min(6, pipe.max_frames)
+    clip = np.random.default_rng(3).integers(0, 256, (total, size, size, 3), dtype=np.uint8)
+    cases = [  # (frames sent, KServe parameters, the same request built directly)
+        (clip[:3], dict(task="predict", total=total, steps=STEPS, seed=s), None) for s in range(6)
+    ] + [
+        (clip[:2], dict(task="backward", total=total, steps=STEPS, seed=7), None),
+        (clip[:3], dict(task="interpolate", stride=2, total=5, steps=STEPS, seed=8, sampler="ddim", eta="0.5"), None),
+        (clip[:2], dict(task="complete", given="4,1", total=total, steps=STEPS, seed=9), None),
+        (clip[:0], dict(task="unconditional", total=4, steps=STEPS, seed=10), None),
+    ]
+    expected = []
+    for frames, params, _ in cases:
+        kw = {k: v for k, v in params.items()}
+        if "eta" in kw:
+            kw["eta"] = float(kw["eta"])
+        if "given" in kw:
+            kw["given"] = [int(v) for v in kw["given"].split(",")]
+        expected.append(pipe.generate([Request(frames=frames if len(frames) else None, **kw)])[0].frames)
+
+    ports = free_ports(3)
+    server = start_server(bundle, ports)
+    try:
+        kinds = ["http", "grpc"] * len(cases)
+        with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
+            futures = [pool.submit(call, kinds[i], ports, f, p) for i, (f, p, _) in enumerate(cases)]
+            answers = [f.result() for f in futures]
+        for i, ((frames, err), want) in enumerate(zip(answers, expected)):
+            assert err == "", f"case {i} ({kinds[i]}) refused: {err}"
+            assert frames.dtype == np.uint8 and np.array_equal(frames, want), f"case {i} ({kinds[i]}) frames differ"
+        print(f"ok: {len(cases)} concurrent requests (HTTP and gRPC) equal direct Pipeline calls")
+        requests, executions = metric(ports, "nv_inference_request_success"), metric(ports, "nv_inference_exec_count")
+        assert requests == len(cases) and executions < requests, (requests, executions)
+        print(f"ok: Triton's dynamic batcher ran the {requests:.0f} requests in {executions:.0f} batches")
+
+        refused = [
+            (clip[:2], dict(task="zoom", total=total), "unknown task 'zoom'"),
+            (clip[:2], dict(task="predict", total=99, steps=STEPS), "max_frames"),
+            (clip[:2], dict(task="predict", total=total, stride=3), "does not take stride=3"),
+            (clip[:2], dict(task="predict", color="red"), "unknown parameter(s) 'color'"),
+            (clip[:2], dict(task="predict", total="6"), "parameter 'total' must be an integer"),
+            (clip[:0], dict(task="predict", total=total), "needs input frames"),
+        ]
+        with concurrent.futures.ThreadPoolExecutor(len(refused) + 1) as pool:
+            bad = [pool.submit(call, kind, ports, f, p) for (f, p, _), kind in zip(refused, kinds)]
+            good = pool.submit(call, "grpc", ports, *cases[0][:2])
+            for (frames, err), (_, _, words), kind in zip([b.result() for b in bad], refused, kinds):
+                assert words in err and err.startswith("InputError: "), f"{kind}: {words!r} not in {err!r}"
+                assert frames is None
+            frames, err = good.result()
+            assert err == "" and np.array_equal(frames, expected[0]), "a good request next to bad ones failed"
+        print(f"ok: {len(refused)} bad requests refused with a one-line error; a request sent with them served")
+
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
+
+        c = httpclient.InferenceServerClient(f"{HOST}:{ports[0]}")
+        x = httpclient.InferInput("frames", [1, 2, size + 1, size, 3], "UINT8")
+        x.set_data_from_numpy(np.zeros((1, 2, size + 1, size, 3), np.uint8))
+        task = httpclient.InferInput("task", [1, 1], "BYTES")
+        task.set_data_from_numpy(np.array([[b"predict"]], dtype=object))
+        try:
+            c.infer("vdt", inputs=[task, x], parameters=dict(total=total))
+            raise AssertionError("a frame of the wrong size was accepted")
+        except InferenceServerException as e:
+            assert "frames" in str(e), str(e)
+            print(f"ok: wrong-size frames refused by Triton: {str(e)[:120]}")
+        assert c.is_server_live() and c.is_model_ready("vdt")
+        frames, err = call("http", ports, *cases[1][:2])
+        assert err == "" and np.array_equal(frames, expected[1])
+        print("ok: still serving after bad requests")
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

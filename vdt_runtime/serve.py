@@ -1,0 +1,137 @@
+"""`vdt serve BUNDLE`: one Pipeline behind Triton Inference Server (through PyTriton), KServe v2 over HTTP and gRPC.
+
+Triton's dynamic batcher collects requests; each batch it hands over becomes one `Pipeline.generate` call, which
+stacks the compatible ones on B. One request = one video:
+
+  inputs      task    BYTES [1, 1]            a task name, "rollout", or "mask" (a user mask instead of a task)
+              frames  UINT8 [1, N, H, W, 3]   the task's given frames (H = W = the bundle's image size); optional
+              mask    FP32  [1, T, h, w]      the user mask (1 = generate) for task "mask"; optional
+  parameters  total, cond, stride, window, steps, seed (int), sampler (string), eta (string, a number),
+              given, box, box_frames (string "0,3,5")
+  outputs     frames  UINT8 [1, T, H, W, 3]   the video (absent when the request was refused)
+              error   BYTES [1, 1]            empty, or the one-line reason the request was refused
+
+PyTriton fails every request of a dynamic batch when its callable raises, so a refused request does not raise:
+it answers with `error` set, and the requests batched with it are served. Malformed tensors (dtype, rank,
+image size) are refused by Triton itself with a protocol error. PyTriton and tritonclient are optional
+(`pip install 'vdt[serve]'`) and imported only here.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from vdt_runtime.errors import BackendError, InputError, VDTError
+from vdt_runtime.requests import Request
+
+MODEL = "vdt"
+_INT_PARAMS = ("total", "cond", "stride", "window", "steps", "seed")
+_LIST_PARAMS = ("given", "box", "box_frames")
+_STR_PARAMS = ("sampler", "eta")
+PARAMETERS = _STR_PARAMS + _INT_PARAMS + _LIST_PARAMS
+
+
+def request_from(data: dict[str, np.ndarray], parameters: dict[str, Any] | None) -> Request:
+    """One KServe v2 request (input arrays with their batch axis, request parameters) → a Request."""
+    params = dict(parameters or {})
+    params.pop("headers", None)  # Triton forwards HTTP/gRPC headers in the same dict
+    unknown = sorted(set(params) - set(PARAMETERS))
+    if unknown:
+        raise InputError(f"unknown parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(PARAMETERS)}")
+    kw: dict[str, Any] = {}
+    for name, value in params.items():
+        if name in _INT_PARAMS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"parameter {name!r} must be an integer, got {value!r}")
+            kw[name] = value
+        elif name == "eta":
+            try:
+                kw[name] = float(value)
+            except (TypeError, ValueError):
+                raise InputError(f"parameter 'eta' must be a number, got {value!r}") from None
+        elif name in _LIST_PARAMS:
+            kw[name] = _int_list(name, value)
+        else:
+            kw[name] = value
+    task = np.asarray(data.get("task", np.array([[b""]], dtype=object))).reshape(-1)
+    if task.size != 1:
+        raise InputError(f"input 'task' must hold one name, got {task.size}")
+    name = task[0].decode(errors="replace") if isinstance(task[0], bytes) else str(task[0])
+    if name != "mask":
+        kw["task"] = name
+    for name in ("frames", "mask"):
+        if name in data:
+            x = np.asarray(data[name])
+            if x.shape[:1] != (1,):
+                raise InputError(f"input {name!r} must hold one video (batch axis 1), got shape {tuple(x.shape)}; "
+                                 "send one request per video, Triton batches them")
+            kw[name] = x[0]
+    return Request(**kw)
+
+
+def _int_list(name: str, value) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"parameter {name!r} must be comma-separated integers, e.g. '0,3,5'; got {value!r}") from None
+
+
+class InferCallable:
+    """PyTriton's inference callable: a list of requests in, one response dict each out."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __call__(self, requests) -> list[dict[str, np.ndarray]]:
+        built: list[Request | str] = []
+        for r in requests:
+            try:
+                req = request_from(r.data, getattr(r, "parameters", None))
+                req.plan(self.pipe.bundle)  # every bundle check, so generate below cannot refuse it
+                built.append(req)
+            except VDTError as e:
+                built.append(f"{type(e).__name__}: {e}")
+        good = [b for b in built if isinstance(b, Request)]
+        results = iter(self.pipe.generate(good)) if good else iter(())
+        responses = []
+        for b in built:
+            if isinstance(b, str):
+                responses.append({"error": np.array([[b.encode()]], dtype=object)})  # no frames
+            else:
+                responses.append({"frames": next(results).frames[None], "error": np.array([[b""]], dtype=object)})
+        return responses
+
+
+def serve(pipe, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
+          max_batch: int | None = None, queue_delay_us: int = 2000, verbose: bool = False, ready=None) -> None:
+    """Serve `pipe` as model "vdt" until interrupted. `ready()` (if given) is called once the endpoints are up."""
+    try:
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+    except ImportError as e:
+        raise BackendError(f"serving needs PyTriton: pip install 'vdt[serve]' ({e})") from None
+    size = pipe.image_size
+    cap = pipe.bundle.stage("denoiser").axis_max("batch") or 16
+    max_batch = cap if max_batch is None else max_batch
+    config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
+                          metrics_address=host, metrics_port=metrics_port, log_verbose=1 if verbose else 0)
+    if not verbose:
+        logging.getLogger("pytriton").setLevel(logging.WARNING)
+    with Triton(config=config) as triton:
+        triton.bind(
+            model_name=MODEL,
+            infer_func=InferCallable(pipe),
+            inputs=[Tensor(name="task", dtype=bytes, shape=(1,)),
+                    Tensor(name="frames", dtype=np.uint8, shape=(-1, size, size, 3), optional=True),
+                    Tensor(name="mask", dtype=np.float32, shape=(-1, -1, -1), optional=True)],
+            outputs=[Tensor(name="frames", dtype=np.uint8, shape=(-1, size, size, 3)),
+                     Tensor(name="error", dtype=bytes, shape=(1,))],
+            config=ModelConfig(max_batch_size=max_batch,
+                               batcher=DynamicBatcher(max_queue_delay_microseconds=queue_delay_us)),
+            strict=True,
+        )
+        if ready is not None:
+            ready()
+        triton.serve()
