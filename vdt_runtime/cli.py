@@ -67,22 +67,26 @@ def _parser() -> argparse.ArgumentParser:
                         help="option fused=false: the standard-operator denoiser even where the bundle has an "
                              "onnxruntime-fused one")
 
+    def task_args(sp):
+        sp.add_argument("--task", required=True, choices=CLI_TASKS)
+        sp.add_argument("--cond", type=int, help="given frames (predict, backward, rollout)")
+        sp.add_argument("--total", type=int, help="output frames")
+        sp.add_argument("--stride", type=int, help="keyframe spacing (interpolate)")
+        sp.add_argument("--given", type=_int_list, help="given frame indices, e.g. 0,3,5 (complete)")
+        sp.add_argument("--box", type=_box, help="pixel box y0,x0,y1,x1 to regenerate (inpaint)")
+        sp.add_argument("--box-frames", type=_int_list, help="frames the box applies to (inpaint; default all)")
+        sp.add_argument("--mask", type=Path, help=".npy mask, 1 = generate, latent or pixel size (inpaint)")
+        sp.add_argument("--window", type=int, help="frames per window (rollout; default max_frames)")
+        sp.add_argument("--steps", type=int, default=50)
+        sp.add_argument("--sampler", default="ddpm", choices=list(SAMPLERS))
+        sp.add_argument("--eta", type=float, default=0.0,
+                        help="noise level for ddim and dpmpp: 0 = deterministic, 1 = DDPM-like / DPM-Solver++ SDE")
+
     r = sub.add_parser("run", help="generate a video for a task")
-    r.add_argument("--task", required=True, choices=CLI_TASKS)
     r.add_argument("--input", type=Path, help="video file, image or PNG folder (not needed for unconditional)")
     r.add_argument("--out", type=Path, required=True, help=".mp4, .gif, or a folder name for PNGs")
     r.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: engines/default)")
-    r.add_argument("--cond", type=int, help="given frames (predict, backward, rollout)")
-    r.add_argument("--total", type=int, help="output frames")
-    r.add_argument("--stride", type=int, help="keyframe spacing (interpolate)")
-    r.add_argument("--given", type=_int_list, help="given frame indices, e.g. 0,3,5 (complete)")
-    r.add_argument("--box", type=_box, help="pixel box y0,x0,y1,x1 to regenerate (inpaint)")
-    r.add_argument("--box-frames", type=_int_list, help="frames the box applies to (inpaint; default all)")
-    r.add_argument("--mask", type=Path, help=".npy mask, 1 = generate, latent or pixel size (inpaint)")
-    r.add_argument("--window", type=int, help="frames per window (rollout; default max_frames)")
-    r.add_argument("--steps", type=int, default=50)
-    r.add_argument("--sampler", default="ddpm", choices=list(SAMPLERS))
-    r.add_argument("--eta", type=float, default=0.0, help="noise level for ddim and dpmpp: 0 = deterministic, 1 = DDPM-like / DPM-Solver++ SDE")
+    task_args(r)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--fps", type=float, default=8)
     r.add_argument("--timings", action="store_true", help="print per-stage seconds")
@@ -93,6 +97,30 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("bundle", type=Path, nargs="?", default=None)
     i.add_argument("--verify", action="store_true", help="check every file's sha256")
     backend_args(i)
+
+    s = sub.add_parser("serve", help="serve the pipeline over KServe v2 HTTP/gRPC (Triton via PyTriton; extra 'serve')")
+    s.add_argument("bundle", type=Path, nargs="?", default=None)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--max-batch", type=int, default=None, help="videos per batch (default: the bundle's batch max)")
+    s.add_argument("--queue-delay-us", type=int, default=2000, help="how long Triton waits to fill a batch")
+    s.add_argument("--verbose", action="store_true", help="Triton's own logs")
+    backend_args(s)
+
+    j = sub.add_parser("batch", help="one video per clip of a folder, on a local Ray (extra 'ray')")
+    j.add_argument("inputs", type=Path, help="folder of clips (video files or PNG folders)")
+    j.add_argument("outputs", type=Path, help="folder for the outputs and results.jsonl")
+    j.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: engines/default)")
+    task_args(j)
+    j.add_argument("--seed", type=int, default=0, help="clip i (sorted by name) gets seed + i")
+    j.add_argument("--suffix", default=".mp4", help="output type: .mp4, .gif, .webm, or '' for PNG folders")
+    j.add_argument("--actors", type=int, default=1, help="pipelines at once (one per actor)")
+    j.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    j.add_argument("--batch-size", type=int, default=8, help="rows per map_batches call")
+    j.add_argument("--fps", type=float, default=8)
+    backend_args(j)
 
     b = sub.add_parser("bench", help="per-stage time table on a random predict workload")
     b.add_argument("bundle", type=Path, nargs="?", default=None)
@@ -109,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = lambda msg, cat, *a, **k: print(f"warning: {msg}", file=sys.stderr)
         try:
-            return {"run": _run, "info": _info, "bench": _bench}[args.command](args)
+            return {"run": _run, "info": _info, "bench": _bench, "serve": _serve, "batch": _batch}[args.command](args)
         except VDTError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -162,6 +190,34 @@ def _run(args) -> int:
         for stage, seconds in result.timings.items():
             print(f"  {stage:<12} {seconds:8.3f} s")
     return 0
+
+
+def _serve(args) -> int:
+    from vdt_runtime.serve import MODEL, serve
+
+    pipe = _load(args)
+    endpoints = f"http://{args.host}:{args.http_port} and grpc {args.host}:{args.grpc_port}"
+    serve(pipe, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+          max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, verbose=args.verbose,
+          ready=lambda: print(f"serving model {MODEL!r} ({pipe.bundle.name}) on {endpoints}", flush=True))
+    return 0
+
+
+def _batch(args) -> int:
+    from vdt_runtime.batch import run_folder
+
+    if args.mask is not None:
+        raise InputError("vdt batch takes task flags, not --mask")
+    flags = {f: getattr(args, f) for f in _TASK_ARGS if getattr(args, f) is not None}
+    rows = run_folder(args.inputs, args.outputs, bundle=args.bundle, backend=args.backend, precision=args.precision,
+                      threads=args.threads or 1, actors=args.actors, num_cpus=args.num_cpus,
+                      batch_size=args.batch_size, suffix=args.suffix, seed=args.seed, fps=args.fps, task=args.task,
+                      steps=args.steps, sampler=args.sampler, eta=args.eta, **flags)
+    failed = [r for r in rows if r["error"]]
+    for r in failed:
+        print(f"error: {r['input']}: {r['error']}", file=sys.stderr)
+    print(f"wrote {len(rows) - len(failed)} of {len(rows)} videos to {args.outputs} (results.jsonl lists each)")
+    return 1 if failed else 0
 
 
 def _read_mask(path: Path) -> np.ndarray:
