@@ -63,12 +63,13 @@ def main(argv=None):
 
     from vdt_runtime import Pipeline
 
+    opts = {} if args.threads is None else {"threads": args.threads}
     print(machine())
     print("load:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
-    rows = rows_for("default", Pipeline.load(args.bundle, backend="cpu", threads=args.threads), args)
+    rows = rows_for("default", Pipeline.load(args.bundle, backend="cpu", options=opts), args)
     if args.int8:
         rows += rows_for("default", Pipeline.load(args.bundle, backend="cpu", precision="int8",
-                                                  threads=args.threads), args)
+                                                  options=opts), args)
     if args.vdt_s2:
         from vdt_export.models import config_from_name
         from vdt_export.vae import tiny_vae_config
@@ -76,7 +77,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory(prefix="vdt-batching-") as tmp:
             random_bundle(Path(tmp) / "s2", config_from_name("VDT-S/2", input_size=16, num_frames=16),
                           tiny_vae_config(), int8=False)
-            rows += rows_for("random VDT-S/2", Pipeline.load(Path(tmp) / "s2", backend="cpu", threads=args.threads),
+            rows += rows_for("random VDT-S/2", Pipeline.load(Path(tmp) / "s2", backend="cpu", options=opts),
                              args)
     print(table(rows, COLUMNS))
     print("load:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())

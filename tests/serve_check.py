@@ -99,7 +99,7 @@ def metric(ports: list[int], name: str) -> float:
 
 
 def main(bundle: str) -> None:
-    pipe = Pipeline.load(bundle, backend="cpu", threads=1)
+    pipe = Pipeline.load(bundle, backend="cpu", options={"threads": 1})
     size, total = pipe.image_size, min(6, pipe.max_frames)
     clip = np.random.default_rng(3).integers(0, 256, (total, size, size, 3), dtype=np.uint8)
     cases = [  # (frames sent, KServe parameters, the same request built directly)

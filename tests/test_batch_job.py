@@ -26,14 +26,14 @@ def clips(tmp_path_factory):
 
 
 def expected(tiny_bundle, row) -> np.ndarray:
-    pipe = Pipeline.load(tiny_bundle, backend="cpu", threads=1)
+    pipe = Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1})
     return pipe.generate([Request(frames=row["input"], seed=row["seed"], **REQUEST)])[0].frames
 
 
 def test_rows_give_the_single_process_frames(tiny_bundle, clips, tmp_path):
     rows = clip_rows(clips, tmp_path / "out", suffix="", seed=100, **REQUEST)
     assert [r["seed"] for r in rows] == list(range(100, 106))
-    gen = GenerateBatch(tiny_bundle, backend="cpu", threads=1)
+    gen = GenerateBatch(tiny_bundle, backend="cpu", options={"threads": 1})
     batch = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     out = gen(batch)
     assert list(out["error"][:5]) == [""] * 5 and "needs 2 input frame(s), got 1" in out["error"][5]
@@ -57,7 +57,7 @@ def test_ray_job_on_a_local_ray_matches_single_process(tiny_bundle, clips, tmp_p
     from vdt_runtime.batch import run_folder
 
     out = tmp_path / "out"
-    results = run_folder(clips, out, bundle=tiny_bundle, backend="cpu", threads=1, actors=2, num_cpus=2,
+    results = run_folder(clips, out, bundle=tiny_bundle, backend="cpu", options={"threads": 1}, actors=2, num_cpus=2,
                          batch_size=2, suffix="", seed=7, **REQUEST)
     assert [r["error"] == "" for r in results] == [True] * 5 + [False]
     assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["input"] == results[0]["input"]

@@ -53,10 +53,10 @@ class GenerateBatch:
     result row per input row out (input, output, seed, frames, error)."""
 
     def __init__(self, bundle: str | os.PathLike | None = None, backend: str = "auto", precision: str | None = None,
-                 threads: int | None = None, fps: float = 8):
+                 options: dict | None = None, fps: float = 8):
         from vdt_runtime.pipeline import Pipeline
 
-        self.pipe = Pipeline.load(bundle, backend=backend, precision=precision, threads=threads)
+        self.pipe = Pipeline.load(bundle, backend=backend, precision=precision, options=options)
         self.fps = fps
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -87,10 +87,12 @@ class GenerateBatch:
 
 
 def run_folder(input_dir, output_dir, *, bundle=None, backend: str = "auto", precision: str | None = None,
-               threads: int | None = 1, actors: int = 1, num_cpus: int | None = None, batch_size: int = 8,
-               suffix: str = ".mp4", seed: int = 0, fps: float = 8, **request) -> list[dict[str, Any]]:
+               options: dict | None = None, actors: int = 1, cpus_per_actor: int = 1, num_cpus: int | None = None,
+               batch_size: int = 8, suffix: str = ".mp4", seed: int = 0, fps: float = 8,
+               **request) -> list[dict[str, Any]]:
     """Generate a video for every clip in input_dir on a local Ray (`ray.init(num_cpus=...)`), `actors` Pipelines
-    at once; returns the result rows (sorted by input) and writes them to output_dir/results.jsonl."""
+    at once, each reserving `cpus_per_actor` CPUs (give the backend as many threads in `options`); returns the
+    result rows (sorted by input) and writes them to output_dir/results.jsonl."""
     try:
         import ray
     except ImportError as e:
@@ -104,9 +106,9 @@ def run_folder(input_dir, output_dir, *, bundle=None, backend: str = "auto", pre
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         ds = ray.data.from_items(rows).map_batches(
-            GenerateBatch, batch_size=batch_size, concurrency=actors, num_cpus=threads or 1,
-            fn_constructor_kwargs=dict(bundle=_absolute(bundle),
-                                       backend=backend, precision=precision, threads=threads, fps=fps))
+            GenerateBatch, batch_size=batch_size, concurrency=actors, num_cpus=cpus_per_actor,
+            fn_constructor_kwargs=dict(bundle=_absolute(bundle), backend=backend, precision=precision,
+                                       options=options, fps=fps))
         results = sorted(({k: _plain(v) for k, v in r.items()} for r in ds.iter_rows()), key=lambda r: r["input"])
     finally:
         if started:

@@ -209,9 +209,10 @@ def _batch(args) -> int:
     if args.mask is not None:
         raise InputError("vdt batch takes task flags, not --mask")
     flags = {f: getattr(args, f) for f in _TASK_ARGS if getattr(args, f) is not None}
+    options = _options(args)
     rows = run_folder(args.inputs, args.outputs, bundle=args.bundle, backend=args.backend, precision=args.precision,
-                      threads=args.threads or 1, actors=args.actors, num_cpus=args.num_cpus,
-                      batch_size=args.batch_size, suffix=args.suffix, seed=args.seed, fps=args.fps, task=args.task,
+                      options=options, actors=args.actors, cpus_per_actor=options.get("threads", 1),
+                      num_cpus=args.num_cpus, batch_size=args.batch_size, suffix=args.suffix, seed=args.seed, fps=args.fps, task=args.task,
                       steps=args.steps, sampler=args.sampler, eta=args.eta, **flags)
     failed = [r for r in rows if r["error"]]
     for r in failed:

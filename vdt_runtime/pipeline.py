@@ -257,7 +257,7 @@ class Pipeline:
         den = self._den
         names = [spec.name for spec in den.inputs]
         out_name = den.outputs[0].name
-        together = self._batch_invariant(den)
+        together = den.batch_invariant
 
         def denoise(x, t):  # x [B, T, C, h, w] float32, t [B] float32 → [B, T, outC, h, w]
             start = time.perf_counter()
@@ -310,15 +310,6 @@ class Pipeline:
                 m.append(wp.mask[cond:])
         return videos, [np.concatenate(m) for m in masks]
 
-    def _batch_invariant(self, backend: Backend) -> bool:
-        """Whether a stage's results per item are independent of what else is in its batch.
-
-        False for dynamically quantized files (onnxruntime's DynamicQuantizeLinear takes ONE activation scale over
-        the whole input tensor, so batch neighbours change an item's rounding); those stages run item by item.
-        """
-        quant = self.bundle.manifest.get("quantization", {}).get(backend.precision, {})
-        return quant.get("mode") != "dynamic"
-
     def _encode(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         """uint8 [N, H, W, 3] per clip → scaled latents float32 [N, C, h, w] per clip."""
         images = [c.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0 for c in clips]  # [N, 3, H, W] in [-1, 1]
@@ -332,7 +323,7 @@ class Pipeline:
 
     def _stage(self, backend: Backend, parts: list[np.ndarray]) -> list[np.ndarray]:
         """Run a VAE stage over every part's items [N, ...]: together when batch-invariant, else part by part."""
-        if not self._batch_invariant(backend):
+        if not backend.batch_invariant:
             return [self._batched(backend, x) for x in parts]
         sizes = np.cumsum([len(x) for x in parts])[:-1]
         return np.split(self._batched(backend, np.concatenate(parts)), sizes) if parts else []

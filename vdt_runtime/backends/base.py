@@ -20,6 +20,9 @@ class Backend(ABC):
     outputs: tuple[TensorSpec, ...]
     providers: tuple[str, ...]  # what really runs (not what was asked for), e.g. ORT providers, "OpenVINO:CPU"
     graph: str = "standard"  # "fused" (onnxruntime contrib operators) | "standard" | "engine"
+    # False when an item's result depends on what else is in its batch (e.g. dynamic INT8: one activation scale
+    # per call); Pipeline.generate then runs the stage item by item, so batching never changes a request's bytes
+    batch_invariant: bool = True
     _closed: bool = False
 
     @abstractmethod

@@ -112,7 +112,10 @@ class OrtBackend(Backend):
         if fused and self.graph == "standard" and self.providers == (CPU,):
             self.graph, path = "fused", bundle.file_path(stage, self.precision, fused=True)
             self.session, _ = _create_session(str(path), options, [CPU])
-        source = bundle.manifest.get("quantization", {}).get(self.precision, {}).get("source")
+        quant = bundle.manifest.get("quantization", {}).get(self.precision, {})
+        # a dynamically quantized file takes ONE activation scale per call, over the whole batch
+        self.batch_invariant = quant.get("mode") != "dynamic"
+        source = quant.get("source")
         if source is not None and source in spec.fused.values():  # e.g. int8 quantized from the fused graph
             self.graph = "fused"
         self._check_io(path.name)
