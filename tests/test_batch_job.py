@@ -52,6 +52,7 @@ def test_clip_rows_refuses_bad_jobs_before_reading_clips(clips, tmp_path):
         clip_rows(clips, tmp_path, seed=1, frames=None, **REQUEST)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own settings, not ours
 def test_ray_job_on_a_local_ray_matches_single_process(tiny_bundle, clips, tmp_path):
     pytest.importorskip("ray.data")
     from vdt_runtime.batch import run_folder
