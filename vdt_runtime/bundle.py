@@ -20,10 +20,19 @@ _VAE_KEYS = ("scale_factor", "downsample", "latent_channels")
 _STAGE_KEYS = ("files", "inputs", "outputs", "dynamic_axes")
 
 
+BUNDLES = Path(__file__).resolve().parent / "bundles"  # shipped in the wheel; in a checkout, links into engines/
+
+
+def installed_bundles() -> dict[str, Path]:
+    """Name -> folder of every bundle shipped with the package (`Bundle.load(name)` finds them by name)."""
+    if not BUNDLES.is_dir():
+        return {}
+    return {p.name: p.resolve() for p in sorted(BUNDLES.iterdir()) if (p / "manifest.json").is_file()}
+
+
 def default_bundle_path() -> Path:
-    """`engines/default` next to the package's repo root if it exists there, else relative to the CWD."""
-    beside = Path(__file__).resolve().parents[1] / "engines" / "default"
-    return beside if beside.is_dir() else Path("engines") / "default"
+    """The default bundle shipped with the package (engines/default in a checkout)."""
+    return (BUNDLES / "default").resolve()
 
 
 @dataclass(frozen=True)
@@ -61,11 +70,16 @@ class Bundle:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, verify: bool = False) -> "Bundle":
-        """Read `path/manifest.json`, validate it and the files it names; `verify` also checks every sha256."""
+        """Read `path/manifest.json` (path: a bundle folder, or an installed bundle's name such as "default"),
+        validate it and the files it names; `verify` also checks every sha256."""
         path = Path(path)
-        manifest_path = path / "manifest.json"
         if not path.is_dir():
-            raise BundleError(f"bundle folder {str(path)!r} does not exist (expected a folder with manifest.json)")
+            installed = installed_bundles()
+            if len(path.parts) != 1 or path.name not in installed:
+                raise BundleError(f"bundle folder {str(path)!r} does not exist (expected a folder with manifest.json "
+                                  f"or the name of an installed bundle: {', '.join(installed) or 'none'})")
+            path = installed[path.name]
+        manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
             raise BundleError(f"bundle folder {str(path)!r} has no manifest.json")
         try:
