@@ -123,3 +123,16 @@ def test_unknown_precision_and_stage(tiny_bundle):
 
 def test_default_bundle_path():
     assert default_bundle_path().parts[-2:] == ("engines", "default")
+
+
+def test_installed_bundles_load_by_name(tmp_path, monkeypatch):
+    from vdt_runtime.bundle import installed_bundles
+
+    assert installed_bundles()["default"] == default_bundle_path()
+    assert Bundle.load("default").path == default_bundle_path()
+    monkeypatch.chdir(tmp_path)  # a name, not a path: found from any folder
+    assert Bundle.load("default").name == "default"
+    with pytest.raises(BundleError, match=r"'nope' does not exist .*installed bundle: default"):
+        Bundle.load("nope")
+    with pytest.raises(BundleError, match="does not exist"):
+        Bundle.load("sub/default")  # a path is never looked up by name

@@ -12,14 +12,17 @@ from vdt_runtime.errors import InputError
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def pipe(tiny_bundle):
-    return Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1})
+CLIP = np.random.default_rng(7).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
+def pipe(tiny_pipeline):
+    return tiny_pipeline
+
+
+@pytest.fixture
 def clip():
-    return np.random.default_rng(7).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    return CLIP
 
 
 def mixed_requests(clip, total=6, **sampling):

@@ -54,14 +54,23 @@ def task_mask(task: str, total: int, latent_hw: tuple[int, int], *, cond=None, s
     frames in `given` given · inpaint: the pixel box (y0, x0, y1, x1) of an image_hw image is generated
     on `box_frames` (default all), every latent cell it touches included, everything else given.
     """
-    args = _task_args(task, total, dict(cond=cond, stride=stride, given=given, box=box, box_frames=box_frames))
+    args = dict(cond=cond, stride=stride, given=given, box=box, box_frames=box_frames)
+    return _mask_and_slots(task, total, latent_hw, image_hw, args)[0]
+
+
+def _mask_and_slots(task: str, total, latent_hw, image_hw, args: dict) -> tuple[np.ndarray, Sequence[int]]:
+    """A task's mask [T, h, w] and the output index of each supplied frame, its arguments checked."""
+    checked = _task_args(task, total, args)
+    total = checked["total"]
     h, w = check_hw("latent_hw", latent_hw)
     if task == "inpaint":
-        return check_not_all_given(box_mask(args["total"], (h, w), box, box_frames, image_hw), task)
-    frames = np.ones(args["total"], dtype=bool)  # [T] True = generated
-    frames[list(_TASKS[task].slots(args["total"], args))] = False
-    mask = np.broadcast_to(frames[:, None, None], (args["total"], h, w)).astype(np.float32)
-    return check_not_all_given(mask, task)
+        mask = box_mask(total, (h, w), args["box"], args["box_frames"], image_hw)
+        return check_not_all_given(mask, task), range(total)
+    slots = _TASKS[task].slots(total, {**args, **checked})
+    frames = np.ones(total, dtype=bool)  # [T] True = generated
+    frames[list(slots)] = False
+    mask = np.broadcast_to(frames[:, None, None], (total, h, w)).astype(np.float32)
+    return check_not_all_given(mask, task), slots
 
 
 def _task_args(task: str, total, args: dict) -> dict:
@@ -173,31 +182,7 @@ class Request:
         n = 0 if video is None else len(video)
         if self.task == ROLLOUT:
             return self._plan_rollout(bundle, video)
-        hw, image_hw = (bundle.latent_size,) * 2, (bundle.image_size,) * 2
-        if self.mask is not None:
-            mask = as_array(self.mask, "mask", "[T, h, w] or [B, T, h, w] of 0 (given) / 1 (generate)")
-            mask_t = mask.shape[-3] if mask.ndim >= 3 else None
-            total = _frames_total(bundle, self.total if self.total is not None else (n or mask_t))
-            m = user_mask(mask, total, hw, image_hw=image_hw)
-            if m.ndim == 4:
-                if m.shape[0] != 1:
-                    raise InputError(f"one request generates one video; mask batch must be 1, got {m.shape[0]}")
-                m = m[0]
-            slots, what = range(n), "mask"
-        else:
-            args = {k: getattr(self, k) for k in _ARGS}
-            if self.task in ("predict", "backward") and args["cond"] is None and self.at is None:
-                args["cond"] = n
-            total = self.total
-            if total is None:
-                total = {"interpolate": lambda: (n - 1) * _check_int("stride", args["stride"], 2, None) + 1,
-                         "inpaint": lambda: n}.get(self.task, lambda: bundle.num_frames)()
-            total = _frames_total(bundle, total)
-            m = task_mask(self.task, total, hw, image_hw=image_hw, **args)
-            checked = _task_args(self.task, total, args) if self.task != "inpaint" else {}
-            slots = _TASKS[self.task].slots(total, {**args, **checked})
-            what = f"task {self.task!r} (" + ", ".join(f"{k}={_short(v)}" for k, v in {**args, "total": total}.items()
-                                                      if v is not None) + ")"
+        total, m, slots, what = self._mask(bundle, n)
         if self.at is not None or self.mask is not None:  # frames at explicit positions (default 0, 1, 2, …)
             if n > total:
                 raise InputError(f"got {n} frames for total={total}; supply at most total frames")
@@ -212,6 +197,31 @@ class Request:
         if missing:
             raise InputError(f"{what} gives frame(s) {missing} but only {n} frame(s) were supplied")
         return Plan(total=total, mask=m, frames=placed, sampling=self.sampling, seed=int(self.seed))
+
+    def _mask(self, bundle, n: int) -> tuple[int, np.ndarray, Sequence[int], str]:
+        """(total, latent mask [T, h, w], the task's slots for the n supplied frames, a name for messages)."""
+        hw, image_hw = (bundle.latent_size,) * 2, (bundle.image_size,) * 2
+        if self.mask is not None:
+            mask = as_array(self.mask, "mask", "[T, h, w] or [B, T, h, w] of 0 (given) / 1 (generate)")
+            mask_t = mask.shape[-3] if mask.ndim >= 3 else None
+            total = _frames_total(bundle, self.total if self.total is not None else (n or mask_t))
+            m = user_mask(mask, total, hw, image_hw=image_hw)
+            if m.ndim == 4:
+                if m.shape[0] != 1:
+                    raise InputError(f"one request generates one video; mask batch must be 1, got {m.shape[0]}")
+                m = m[0]
+            return total, m, range(n), "mask"
+        args = {k: getattr(self, k) for k in _ARGS}
+        if self.task in ("predict", "backward") and args["cond"] is None and self.at is None:
+            args["cond"] = n  # default: every supplied frame is given
+        total = self.total
+        if total is None:
+            total = {"interpolate": lambda: (n - 1) * _check_int("stride", args["stride"], 2, None) + 1,
+                     "inpaint": lambda: n}.get(self.task, lambda: bundle.num_frames)()
+        total = _frames_total(bundle, total)
+        m, slots = _mask_and_slots(self.task, total, hw, image_hw, args)
+        named = ", ".join(f"{k}={_short(v)}" for k, v in {**args, "total": total}.items() if v is not None)
+        return total, m, slots, f"task {self.task!r} ({named})"
 
     def _plan_rollout(self, bundle, video: np.ndarray) -> "Plan":
         n = len(video)
