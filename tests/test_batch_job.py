@@ -48,6 +48,8 @@ def test_clip_rows_refuses_bad_jobs_before_reading_clips(clips, tmp_path):
         clip_rows(clips, tmp_path, task="predict", stride=2)
     with pytest.raises(InputError, match="does not exist"):
         clip_rows(tmp_path / "nope", tmp_path, **REQUEST)
+    with pytest.raises(InputError, match="takes no frames"):  # a job over clips gives every row a clip
+        clip_rows(clips, tmp_path, task="unconditional")
     with pytest.raises(InputError, match="each row"):
         clip_rows(clips, tmp_path, seed=1, frames=None, **REQUEST)
 

@@ -36,8 +36,7 @@ def clip_rows(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *, su
         raise InputError(f"input folder {str(src)!r} does not exist")
     if "frames" in request or "seed" in request:
         raise InputError("frames and seed come from each row; give the other Request fields")
-    # check the shared fields now, before any clip is read ("" stands in for each row's clip path)
-    Request(**{"frames": "" if request.get("task") not in (None, "unconditional") else None, **request})
+    Request(frames="", **request)  # check the shared fields now, before any clip is read ("": each row's clip)
     clips = sorted(p for p in src.iterdir() if not p.name.startswith(".")
                    and (p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES))
     if not clips:
@@ -68,9 +67,7 @@ class GenerateBatch:
         for i in range(n):
             try:
                 params = json.loads(str(batch["request"][i]))
-                path = str(batch["input"][i])
-                frames = read_video(path) if path and params.get("task") != "unconditional" else None
-                req = Request(frames=frames, seed=int(batch["seed"][i]), **params)
+                req = Request(frames=read_video(str(batch["input"][i])), seed=int(batch["seed"][i]), **params)
                 req.plan(self.pipe.bundle)  # every check first, so one bad row cannot stop the batch
                 requests[i] = req
             except (VDTError, TypeError, ValueError) as e:
