@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,3 +42,47 @@ def test_serve_http_and_grpc_match_the_pipeline(tiny_bundle):
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("ok:") == 5, proc.stdout
+
+
+class FakeRequest:
+    """What PyTriton hands the callable: input arrays (with the batch axis) and the request parameters."""
+
+    def __init__(self, task: bytes, frames=None, **parameters):
+        self.data = {"task": np.array([[task]], dtype=object)}
+        if frames is not None:
+            self.data["frames"] = frames[None]
+        self.parameters = parameters
+
+
+def test_callable_serves_good_requests_next_to_refused_ones(tiny_pipeline):
+    from vdt_runtime import Request
+    from vdt_runtime.serve import InferCallable
+
+    clip = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    requests = [FakeRequest(b"predict", clip, total=5, steps=2, seed=4),
+                FakeRequest(b"zoom", clip, total=5),
+                FakeRequest(b"complete", clip[:2], given="3,0", total=5, steps=2, seed=5, sampler="ddim", eta="0.5"),
+                FakeRequest(b"predict", clip, total="5"),
+                FakeRequest(b"predict", clip, colour="red")]
+    out = InferCallable(tiny_pipeline)(requests)
+    want = tiny_pipeline.generate([Request(task="predict", frames=clip, total=5, steps=2, seed=4),
+                                   Request(task="complete", frames=clip[:2], given=[3, 0], total=5, steps=2, seed=5,
+                                           sampler="ddim", eta=0.5)])
+    np.testing.assert_array_equal(out[0]["frames"][0], want[0].frames)
+    np.testing.assert_array_equal(out[2]["frames"][0], want[1].frames)
+    assert out[0]["error"][0, 0] == b"" and "frames" not in out[1]
+    errors = [r["error"][0, 0].decode() for r in out[1::2]] + [out[4]["error"][0, 0].decode()]
+    for error, words in zip(errors, ["unknown task 'zoom'", "parameter 'total' must be an integer",
+                                     "unknown parameter(s) 'colour'"]):
+        assert error.startswith("InputError: ") and words in error, error
+
+
+def test_serve_without_pytriton_says_how_to_get_it(tiny_bundle, capsys):
+    import importlib.util
+
+    from vdt_runtime.cli import main
+
+    if importlib.util.find_spec("pytriton") is not None:
+        pytest.skip("PyTriton is installed here (the refusal is for installs without it)")
+    assert main(["serve", str(tiny_bundle), "--backend", "cpu"]) == 2
+    assert "pip install 'vdt[serve]'" in capsys.readouterr().err
