@@ -163,7 +163,7 @@ class Request:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
             raise InputError(f"seed must be an integer in 0..2**63-1, got {_short(seed)}")
         if self.frames is None and self.task not in (None, "unconditional"):
-            raise InputError(f"task {self.task!r} needs input frames")
+            raise InputError(f"task {self.task!r} needs input frames (none were supplied)")
         if self.frames is not None and self.task == "unconditional":
             raise InputError("task 'unconditional' takes no frames")
 
