@@ -116,7 +116,6 @@ def test_every_request_is_checked_before_any_backend_runs(pipe, clip, monkeypatc
     (dict(), "give task="),
     (dict(task="zoom"), "unknown task 'zoom'"),
     (dict(task="predict", frames=np.zeros((1, 16, 16, 3), np.uint8), stride=2), "does not take stride=2"),
-    (dict(task="predict"), "needs input frames"),
     (dict(task="unconditional", frames=np.zeros((1, 16, 16, 3), np.uint8)), "takes no frames"),
     (dict(mask=np.ones((2, 8, 8)), task="predict"), "drop task='predict'"),
     (dict(task="rollout", frames=np.zeros((2, 16, 16, 3), np.uint8), cond=1), "needs total"),
@@ -138,6 +137,7 @@ def test_request_refuses_bad_arguments_when_built(kw, match):
     (dict(task="complete", frames=np.zeros((2, 16, 16, 3), np.uint8), given=[0, 9], total=4), "given index"),
     (dict(task="predict", frames=np.zeros((3, 16, 16, 3), np.uint8), cond=2, at=[0, 1], total=4), "one per frame"),
     (dict(task="backward", frames=np.zeros((1, 16, 16, 3), np.uint8), cond=2, total=4), "needs 2 input frame"),
+    (dict(task="predict"), r"needs input frames \(none were supplied\)"),
 ])
 def test_request_refuses_what_the_bundle_cannot_take(pipe, kw, match):
     with pytest.raises(InputError, match=match):

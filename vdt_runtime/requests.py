@@ -162,9 +162,7 @@ class Request:
         seed = self.seed
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
             raise InputError(f"seed must be an integer in 0..2**63-1, got {_short(seed)}")
-        if self.frames is None and self.task not in (None, "unconditional"):
-            raise InputError(f"task {self.task!r} needs input frames (none were supplied)")
-        if self.frames is not None and self.task == "unconditional":
+        if self.frames is not None and self.task == "unconditional" and self.at is None:
             raise InputError("task 'unconditional' takes no frames")
 
     @property
@@ -190,7 +188,9 @@ class Request:
             if len(slots) != n:
                 raise InputError(f"at= gives {len(slots)} position(s) for {n} frame(s); give one per frame")
         elif n < len(slots):
-            raise InputError(f"{what} needs {len(slots)} input frame(s), got {n}")
+            if n == 0:
+                raise InputError(f"{what} needs input frames (none were supplied)")
+            raise InputError(f"{what} needs {len(slots)} input frame(s), got {n}; every given frame must be supplied")
         placed = _place(video, list(slots)[:n], total)
         given = np.flatnonzero((m < 1).any(axis=(1, 2)))
         missing = sorted(set(given.tolist()) - set(list(slots)[:n]))
