@@ -213,6 +213,8 @@ class Request:
             return total, m, range(n), "mask"
         args = {k: getattr(self, k) for k in _ARGS}
         if self.task in ("predict", "backward") and args["cond"] is None and self.at is None:
+            if n == 0:
+                raise InputError(f"task {self.task!r} needs input frames (none were supplied)")
             args["cond"] = n  # default: every supplied frame is given
         total = self.total
         if total is None:
