@@ -38,6 +38,16 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def model_ready(ports: list[int]) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(f"http://{HOST}:{ports[0]}/v2/models/vdt/ready", timeout=5).status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def start_server(bundle: str, ports: list[int]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vdt_runtime.cli", "serve", bundle, "--host", HOST, "--http-port", str(ports[0]),
            "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--backend", "cpu", "--threads", "1",
@@ -45,22 +55,13 @@ def start_server(bundle: str, ports: list[int]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: list[str] = []
-    ready = threading.Event()
-
-    def pump():
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("serving model"):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     deadline = time.monotonic() + 240
-    while not ready.is_set():
+    while not model_ready(ports):  # Triton's own log shares the pipe, so ask the server, not its output
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             sys.exit("server did not start:\n" + "".join(lines[-40:]))
-        time.sleep(0.2)
-    proc.log = lines  # type: ignore[attr-defined]
+        time.sleep(0.5)
     return proc
 
 
