@@ -129,9 +129,9 @@ def part_b(args, tmp: Path) -> tuple[list[dict], str]:
 
 
 def _int8_error(bundle: Path) -> str:
-    from vdt_export.quantize import quantization_error
+    from vdt_export.quantize import precision_error
 
-    e = quantization_error(bundle)
+    e = precision_error(bundle)
     return (f"\nint8 vs fp32 denoiser output on 4 random inputs (batch 1, T = opt): max abs {e['max_abs']:.4f}, "
             f"mean abs {e['mean_abs']:.4f}, fp32 mean |out| {e['fp32_mean_abs']:.4f}")
 

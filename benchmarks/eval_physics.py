@@ -144,6 +144,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--precision", default=None)
+    ap.add_argument("--paired-with", metavar="PRECISION", default=None,
+                    help="also run the bundle at PRECISION on the same clips and seeds and print the paired "
+                         "differences (--precision minus PRECISION)")
     ap.add_argument("--json", type=Path, default=None, help="also write the per-predictor means here")
     ap.add_argument("--readme", type=Path, nargs="?", const=ROOT / "README.md", default=None,
                     help="write the default-model block (between its markers) of this README (default README.md)")
@@ -160,6 +163,17 @@ def main(argv=None):
         block = readme_block(res, args.clips, run, command)
         write_block(args.readme, "eval_physics", block)
         print(f"\nwrote the eval_physics block of {args.readme}:\n{block}")
+    if args.paired_with:
+        ref_pipe = Pipeline.load(args.bundle, backend=args.backend, precision=args.paired_with)
+        ref = evaluate(ref_pipe, args.clips, args.steps, args.sampler, args.seed)
+        print(f"\nreference: precision {ref_pipe.backends['denoiser'].precision} "
+              f"({ref_pipe.graphs['denoiser']} graph) · {ref['seconds']:.1f} s\n")
+        print(report(ref, args.clips))
+        m, r = res["arrays"]["model"], ref["arrays"]["model"]
+        print(f"\n| paired, {args.precision} minus {args.paired_with} (± s.e.) | PSNR dB | pos err px | at +1 | at +8 |")
+        print("|---|---|---|---|---|")
+        print(f"| model | {paired(m['psnr'], r['psnr'])} | {paired(m['pos'], r['pos'])} | "
+              f"{paired(m['pos+1'], r['pos+1'])} | {paired(m['pos+8'], r['pos+8'])} |")
     if args.json:
         means = {n: {k: float(v.mean()) for k, v in r.items()} for n, r in res["arrays"].items()}
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "means": means}, indent=1))

@@ -77,7 +77,7 @@ def test_unknown_mode_refused(tiny_bundle):
 
 
 def test_static_mode_from_the_fused_graph(tiny_bundle, tmp_path):
-    from vdt_export.quantize import quantization_error, quantize_bundle
+    from vdt_export.quantize import precision_error, quantize_bundle
     from vdt_runtime import Pipeline
 
     out = tmp_path / "static"
@@ -85,7 +85,7 @@ def test_static_mode_from_the_fused_graph(tiny_bundle, tmp_path):
     quantize_bundle(out, mode="static", calibration_batches=2)
     q = json.loads((out / "manifest.json").read_text())["quantization"]["int8"]
     assert (q["mode"], q["op_types"], q["source"]) == ("static", ["MatMul"], "denoiser.fused.onnx")  # QDQ: Attention fp32
-    err = quantization_error(out)
+    err = precision_error(out)
     assert 0 < err["mean_abs"] < 0.1 * err["fp32_mean_abs"]
     pipe = Pipeline.load(out, backend="cpu", precision="int8")
     assert pipe.predict(np.zeros((2, 16, 16, 3), np.uint8), cond=2, total=4, steps=2).frames.shape == (4, 16, 16, 3)

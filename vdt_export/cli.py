@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--providers", default="CPUExecutionProvider",
                         help="comma-separated onnxruntime providers to ask for (default CPUExecutionProvider)")
 
+    fp16 = sub.add_parser("fp16", help="add FP16 stages (the graph TensorRT builds strongly typed) to a bundle")
+    fp16.add_argument("bundle", type=Path)
+    _add_model_args(fp16)
+    fp16.add_argument("--verbose", action="store_true", help="show the exporter's own output")
+
     quant = sub.add_parser("quantize", help="add an INT8 denoiser (onnxruntime quantization) to a bundle")
     quant.add_argument("bundle", type=Path)
     quant.add_argument("--mode", choices=["dynamic", "static"], default="dynamic")
@@ -124,32 +129,52 @@ def _cmd_onnx(args) -> int:
 
 
 def _cmd_quantize(args) -> int:
-    from .quantize import quantization_error, quantize_bundle
+    from .quantize import precision_error, quantize_bundle
 
     path = quantize_bundle(args.bundle, mode=args.mode, calibration_batches=args.calibration_batches)
-    err = quantization_error(args.bundle)
+    err = precision_error(args.bundle)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); int8 vs fp32 on random inputs: "
           f"max abs {err['max_abs']:.4g}, mean abs {err['mean_abs']:.4g} (fp32 mean |out| {err['fp32_mean_abs']:.4g}), "
           f"providers {err['providers']}")
     return 0
 
 
-def _cmd_verify(args) -> int:
-    from .checkpoint import load_checkpoint_folder, load_vdt
+def _bundle_models(args) -> tuple[VDT, object]:
+    """(vdt, vae or None) for an existing bundle: its checkpoint (file or folder), or the random model it was
+    exported from."""
     from .bundle import read_manifest
-    from .verify import verify_bundle
+    from .checkpoint import load_checkpoint_folder, load_vdt
 
     model = dict(read_manifest(args.bundle)["model"])
     max_frames = model.pop("max_frames")
     if args.random_init is not None:
-        vdt = _random_vdt(VDTConfig(**model), max_frames, args.random_init)
-        vae = _vae(args, args.random_init + 1)
-    elif args.checkpoint.is_dir():
+        return _random_vdt(VDTConfig(**model), max_frames, args.random_init), _vae(args, args.random_init + 1)
+    if args.checkpoint.is_dir():
         folder = load_checkpoint_folder(args.checkpoint, max_frames=max_frames)
-        vdt, vae = folder.vdt, _vae(args, 1) or folder.vae
-    else:
-        vdt = load_vdt(args.checkpoint, max_frames=max_frames, interpolate_pos_embed=True, **model)
-        vae = _vae(args, 1)
+        return folder.vdt, _vae(args, 1) or folder.vae
+    return load_vdt(args.checkpoint, max_frames=max_frames, interpolate_pos_embed=True, **model), _vae(args, 1)
+
+
+def _cmd_fp16(args) -> int:
+    from .fp16 import add_fp16
+    from .quantize import precision_error
+
+    vdt, vae = _bundle_models(args)
+    for path in add_fp16(args.bundle, vdt, vae, verbose=args.verbose):
+        stage = path.name.split(".")[0]
+        e = precision_error(args.bundle, precision="fp16", stage=stage)
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); fp16 vs fp32 on random inputs: max abs "
+              f"{e['max_abs']:.3g} ({e['rel_max']:.2%} of max |fp32|), mean abs {e['mean_abs']:.3g} "
+              f"({e['rel_mean']:.2%} of mean |fp32|), providers {e['providers']}")
+    if vae is None:
+        print("VAE stages skipped (no --vae / --vae-config)")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from .verify import verify_bundle
+
+    vdt, vae = _bundle_models(args)
     report = verify_bundle(args.bundle, vdt, vae, tol=args.tol, providers=args.providers.split(","))
     print(report.table())
     if vae is None:
@@ -161,7 +186,8 @@ def _cmd_verify(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"onnx": _cmd_onnx, "verify": _cmd_verify, "quantize": _cmd_quantize}[args.command](args)
+        return {"onnx": _cmd_onnx, "verify": _cmd_verify, "quantize": _cmd_quantize,
+                "fp16": _cmd_fp16}[args.command](args)
     except (VDTError, ValueError, FileNotFoundError) as exc:
         print(f"vdt-export: error: {exc}", file=sys.stderr)
         return 2

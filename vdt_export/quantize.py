@@ -64,26 +64,29 @@ def quantize_bundle(bundle_dir: str | os.PathLike, *, mode: str = "dynamic", cal
     return target
 
 
-def quantization_error(bundle_dir: str | os.PathLike, *, precision: str = "int8", trials: int = 4,
-                       seed: int = 0) -> dict[str, float]:
-    """Max / mean abs difference between the int8 and fp32 denoisers on random bundle-shaped inputs (CPU)."""
+def precision_error(bundle_dir: str | os.PathLike, *, precision: str = "int8", stage: str = "denoiser",
+                    trials: int = 4, seed: int = 0) -> dict:
+    """How far a stage's `precision` file is from its fp32 file on the same random stage-shaped inputs (CPU):
+    max / mean abs difference, the fp32 output's max / mean |value|, their ratios (rel_max, rel_mean) and the
+    providers that really ran."""
     import onnxruntime as ort
 
     bundle_dir = Path(bundle_dir)
-    stage = _read_manifest(bundle_dir)["stages"]["denoiser"]
-    if precision not in stage["files"]:
-        raise InputError(f"bundle has no {precision!r} denoiser; available: {sorted(stage['files'])}")
-    sessions = {p: ort.InferenceSession(str(bundle_dir / stage["files"][p]), providers=["CPUExecutionProvider"])
+    spec = _read_manifest(bundle_dir)["stages"][stage]
+    if precision not in spec["files"]:
+        raise InputError(f"bundle has no {precision!r} {stage}; available: {sorted(spec['files'])}")
+    sessions = {p: ort.InferenceSession(str(bundle_dir / spec["files"][p]), providers=["CPUExecutionProvider"])
                 for p in ("fp32", precision)}
-    reader = _CalibrationReader(stage, trials, seed)
-    worst, total, count, ref_mean = 0.0, 0.0, 0, 0.0
+    reader = _CalibrationReader(spec, trials, seed)
+    worst, total, count, ref_mean, ref_max = 0.0, 0.0, 0, 0.0, 0.0
     while (feed := reader.get_next()) is not None:
         ref = sessions["fp32"].run(None, feed)[0]
         diff = np.abs(sessions[precision].run(None, feed)[0] - ref)
         worst, total, count = max(worst, float(diff.max())), total + float(diff.sum()), count + diff.size
-        ref_mean += float(np.abs(ref).mean()) / trials
-    return {"max_abs": worst, "mean_abs": total / count, "fp32_mean_abs": ref_mean,
-            "providers": sessions[precision].get_providers()}
+        ref_mean, ref_max = ref_mean + float(np.abs(ref).mean()) / trials, max(ref_max, float(np.abs(ref).max()))
+    mean = total / count
+    return {"max_abs": worst, "mean_abs": mean, "fp32_mean_abs": ref_mean, "fp32_max_abs": ref_max,
+            "rel_max": worst / ref_max, "rel_mean": mean / ref_mean, "providers": sessions[precision].get_providers()}
 
 
 def _read_manifest(bundle_dir: Path) -> dict:
@@ -133,20 +136,27 @@ def _static(src: Path, dst: Path, reader, op_types: list[str]) -> None:
 
 
 class _CalibrationReader:
-    """onnxruntime CalibrationDataReader: `batches` random feeds shaped like the denoiser's declared inputs
-    (batch 1, frames = the declared opt, standard-normal latents, timesteps spread over 0…999)."""
+    """onnxruntime CalibrationDataReader: `batches` random feeds shaped like a stage's declared inputs (batch 1,
+    other dynamic axes at their declared opt): standard-normal latents, images uniform in [-1, 1], timesteps
+    spread over 0…999."""
 
     def __init__(self, stage: dict, batches: int, seed: int):
         rng = np.random.default_rng(seed)
-        lat, ts = stage["inputs"][0], stage["inputs"][1]
-        frames = stage["dynamic_axes"].get("frames", {}).get("opt", 1)
-        shape = [1, frames] + [d for d in lat["shape"][2:]]
-        self._feeds = iter([{lat["name"]: rng.standard_normal(shape, dtype=np.float32),
-                             ts["name"]: np.array([t], np.float32)}
+        axes = {name: 1 if name == "batch" else r["opt"] for name, r in stage["dynamic_axes"].items()}
+        shapes = {s["name"]: [axes.get(d, d) if isinstance(d, str) else d for d in s["shape"]] for s in stage["inputs"]}
+        self._feeds = iter([{name: _random_input(rng, name, shape, t) for name, shape in shapes.items()}
                             for t in np.linspace(0, 999, batches).round()])
 
     def get_next(self) -> dict | None:
         return next(self._feeds, None)
+
+
+def _random_input(rng: np.random.Generator, name: str, shape: list[int], t: float) -> np.ndarray:
+    if name == "timestep":
+        return np.full(shape, t, np.float32)
+    if name == "images":
+        return rng.uniform(-1.0, 1.0, shape).astype(np.float32)
+    return rng.standard_normal(shape, dtype=np.float32)
 
 
 if __name__ == "__main__":
