@@ -5,6 +5,8 @@ The sampler state is float32, like the denoiser (the schedule's coefficients are
 always sees the composite x_in = x_given·(1 − mask) + x_t·mask, and the state itself is never overwritten.
 Per step the NumPy work is a handful of array operations plus, for stochastic samplers, one noise draw; at the
 default model's size the noise dominated, hence `standard_normal` below (BENCHMARKS.md §2).
+Array-library agnostic: every function on a state array goes through `xp` (vdt_runtime._xp), the module of x_T,
+so CuPy arrays from a GPU backend run the same code on the device; with NumPy arrays nothing changes.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from vdt_runtime._xp import namespace
 from vdt_runtime.errors import BackendError, InputError
 from vdt_runtime.schedule import Schedule
 
@@ -51,9 +54,10 @@ class Model:
                              f"got {type(rng).__name__}")
         if callback is not None and not callable(callback):
             raise InputError(f"callback must be callable or None, got {type(callback).__name__}")
-        self.x_T = _check_latents("x_T", x_T, None)  # float64 [B,T,C,h,w]
-        self.mask, self.x_given = _check_mask(mask, x_given, self.x_T.shape)
-        binary = self.mask is not None and bool(np.all((self.mask == 0) | (self.mask == 1)))
+        self.xp = xp = namespace(x_T)
+        self.x_T = _check_latents(xp, "x_T", x_T, None)  # float32 [B,T,C,h,w]
+        self.mask, self.x_given = _check_mask(xp, mask, x_given, self.x_T.shape)
+        binary = self.mask is not None and bool(xp.all((self.mask == 0) | (self.mask == 1)))
         self._generate = self.mask == 1 if binary else None  # bool [1|B, T, 1, h, w]: one np.where per call
         self.denoise, self.schedule, self.rng, self.callback = denoise, schedule, rng, callback
         b, t, c, h, w = self.x_T.shape
@@ -64,14 +68,15 @@ class Model:
     def __call__(self, x: np.ndarray, i: int) -> Prediction:
         """Run the denoiser at schedule index i on the composited state x (float32)."""
         s = self.schedule
-        t = np.full(x.shape[0], s.timesteps[i], dtype=np.float32)  # [B] original timesteps
-        out = np.asarray(self.denoise(self.composite(x), t))
+        xp = self.xp
+        t = xp.full(x.shape[0], s.timesteps[i], dtype=xp.float32)  # [B] original timesteps
+        out = xp.asarray(self.denoise(self.composite(x), t))
         if out.shape != self.out_shape:
             raise BackendError(
                 f"denoiser returned shape {tuple(out.shape)}; expected {self.out_shape} "
                 f"for variance_type={s.variance_type!r} and latents {tuple(x.shape)}"
             )
-        out = out.astype(np.float32, copy=False)
+        out = out.astype(xp.float32, copy=False)
         head, var = out[:, :, : self.channels], None
         if s.variance_type == "learned_range":
             var = out[:, :, self.channels:]
@@ -86,18 +91,19 @@ class Model:
         """Standard normal float32 noise shaped like the state: Box–Muller on the caller's Generator, or the next
         draw of a noise function (how the golden tests replay the official sampler's recorded noise)."""
         if isinstance(self.rng, np.random.Generator):
-            return standard_normal(self.rng, self.x_T.shape)
-        return _check_latents("noise", self.rng(self.x_T.shape), self.x_T.shape)
+            return standard_normal(self.rng, self.x_T.shape, self.xp)
+        return _check_latents(self.xp, "noise", self.rng(self.x_T.shape), self.x_T.shape)
 
     def composite(self, x: np.ndarray) -> np.ndarray:
         """x_given·(1 − mask) + x·mask as float32 (a new array); given cells are copied exactly, not recomputed."""
         if self.mask is None:
             return x.copy()
+        where = self.xp.where
         if self._generate is not None:
-            return np.where(self._generate, x, self.x_given)
+            return where(self._generate, x, self.x_given)
         m, g = self.mask, self.x_given
         blend = g * (1.0 - m) + x * m
-        return np.where(m <= 0.0, g, np.where(m >= 1.0, x, blend))
+        return where(m <= 0.0, g, where(m >= 1.0, x, blend))
 
     def step_done(self, step: int, x: np.ndarray) -> None:
         """Report step `step` (0 … n−1) of n to the callback with the composited state."""
@@ -105,8 +111,9 @@ class Model:
             self.callback(step, self.schedule.steps, self.composite(x))
 
 
-def standard_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """float32 N(0, 1) samples: Box–Muller on float32 uniforms drawn from `rng`.
+def standard_normal(rng: np.random.Generator, shape: tuple[int, ...], xp=np) -> np.ndarray:
+    """float32 N(0, 1) samples: Box–Muller on float32 uniforms drawn from `rng`, as an `xp` array (the uniforms
+    are drawn on the host, so a seed gives the same stream everywhere; with CuPy only they cross to the device).
 
     The runtime's one source of Gaussian noise (x_T and every stochastic step). numpy's own
     `standard_normal(dtype=float32)` took 126 µs for one 16×4×16×16 state here against 40 µs for this, and it
@@ -114,12 +121,12 @@ def standard_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndar
     """
     n = math.prod(shape)
     half = (n + 1) // 2
-    u = rng.random(2 * half, dtype=np.float32)  # [0, 1)
-    radius = np.sqrt(-2.0 * np.log1p(-u[:half]))  # log(1 − u), 1 − u in (0, 1]
-    angle = np.float32(2.0 * math.pi) * u[half:]
-    z = np.empty(2 * half, np.float32)
-    np.multiply(radius, np.cos(angle), out=z[:half])
-    np.multiply(radius, np.sin(angle), out=z[half:])
+    u = xp.asarray(rng.random(2 * half, dtype=np.float32))  # [0, 1)
+    radius = xp.sqrt(-2.0 * xp.log1p(-u[:half]))  # log(1 − u), 1 − u in (0, 1]
+    angle = xp.float32(2.0 * math.pi) * u[half:]
+    z = xp.empty(2 * half, xp.float32)
+    xp.multiply(radius, xp.cos(angle), out=z[:half])
+    xp.multiply(radius, xp.sin(angle), out=z[half:])
     return z[:n].reshape(shape)
 
 
@@ -136,19 +143,19 @@ def check_eta(eta) -> float:
     return float(eta)
 
 
-def _check_latents(name: str, x, shape: tuple | None) -> np.ndarray:
-    """A finite real 5-D array (of `shape` when given), returned as float32."""
-    x = np.asarray(x)
+def _check_latents(xp, name: str, x, shape: tuple | None) -> np.ndarray:
+    """A finite real 5-D `xp` array (of `shape` when given), returned as float32."""
+    x = xp.asarray(x)
     if x.ndim != 5 or x.dtype.kind not in "fiu":
         raise InputError(f"{name} must be a real array [B, T, C, h, w], got {x.dtype} {tuple(x.shape)}")
     if shape is not None and x.shape != shape:
         raise InputError(f"{name} has shape {tuple(x.shape)}; it must match x_T {shape}")
-    if not np.isfinite(x).all():
+    if not bool(xp.all(xp.isfinite(x))):
         raise InputError(f"{name} contains NaN or inf")
-    return x.astype(np.float32)
+    return x.astype(xp.float32)
 
 
-def _check_mask(mask, x_given, shape: tuple) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _check_mask(xp, mask, x_given, shape: tuple) -> tuple[np.ndarray | None, np.ndarray | None]:
     """mask [T,h,w] | [B,T,h,w] in [0, 1] → float32 [1|B, T, 1, h, w]; x_given → float32 [B,T,C,h,w]."""
     if mask is None and x_given is None:
         return None, None
@@ -156,14 +163,14 @@ def _check_mask(mask, x_given, shape: tuple) -> tuple[np.ndarray | None, np.ndar
         given, missing = ("mask", "x_given") if x_given is None else ("x_given", "mask")
         raise InputError(f"{given} was given without {missing}; pass both or neither")
     b, t, _, h, w = shape
-    m = np.asarray(mask)
+    m = xp.asarray(mask)
     if m.dtype.kind not in "biuf" or m.shape not in ((t, h, w), (b, t, h, w)):
         raise InputError(
             f"mask must be a real array [T, h, w] = {(t, h, w)} or [B, T, h, w] = {(b, t, h, w)}, "
             f"got {m.dtype} {tuple(m.shape)}"
         )
-    m = m.astype(np.float32)
-    if np.isnan(m).any() or (m < 0).any() or (m > 1).any():
+    m = m.astype(xp.float32)
+    if bool(xp.any(xp.isnan(m) | (m < 0) | (m > 1))):
         raise InputError("mask values must lie in [0, 1] (1 = generate) and not be NaN")
     m = m.reshape((1,) * (4 - m.ndim) + m.shape)[:, :, None]  # [1|B, T, 1, h, w]
-    return m, _check_latents("x_given", x_given, shape)
+    return m, _check_latents(xp, "x_given", x_given, shape)

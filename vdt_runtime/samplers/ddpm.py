@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from vdt_runtime._xp import namespace
 from vdt_runtime.samplers._common import Model, no_options
 from vdt_runtime.schedule import Schedule
 
@@ -32,4 +33,4 @@ def _std(s: Schedule, var: np.ndarray | None, i: int):
     if var is None:
         return math.exp(0.5 * min_log)
     frac = (var + 1.0) / 2.0
-    return np.exp(0.5 * (frac * math.log(s.betas[i]) + (1.0 - frac) * min_log))
+    return namespace(var).exp(0.5 * (frac * math.log(s.betas[i]) + (1.0 - frac) * min_log))

@@ -1,0 +1,155 @@
+"""The samplers are array-library agnostic: run them on arrays whose namespace admits only a few functions and
+whose type refuses every direct NumPy function call, and they must give bit-identical results to plain NumPy.
+
+This is what lets CuPy arrays from a GPU backend run the same sampler code with the state on the device."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from vdt_runtime._xp import namespace, to_numpy
+from vdt_runtime.samplers import SAMPLERS, standard_normal
+from vdt_runtime.schedule import make_schedule
+
+# functions the sampler code may call through its namespace: all exist in NumPy and CuPy under these names
+ALLOWED = ("asarray", "where", "all", "any", "isfinite", "isnan", "exp", "sqrt", "log1p", "cos", "sin",
+           "multiply", "empty", "full")
+# what an operator or an ndarray method may dispatch to (operators exist on every array library's arrays)
+OPERATOR_UFUNCS = {"add", "subtract", "multiply", "divide", "true_divide", "negative", "equal", "less", "less_equal",
+                   "greater", "greater_equal", "bitwise_or", "logical_or", "bitwise_and"}
+
+
+class Strict(np.ndarray):
+    """An ndarray that refuses every NumPy function except operators: only its namespace may compute on it."""
+
+    def __array_namespace__(self, api_version=None):
+        return STRICT
+
+    def __array_function__(self, func, types_, args, kwargs):
+        raise AssertionError(f"numpy.{func.__name__} was called on a sampler array instead of its namespace")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        if method != "__call__" or ufunc.__name__ not in OPERATOR_UFUNCS:
+            raise AssertionError(f"numpy.{ufunc.__name__}.{method} was called on a sampler array, not an operator")
+        if out is not None:
+            kwargs["out"] = tuple(_plain(o) for o in out)
+        return _wrap(getattr(ufunc, method)(*(_plain(i) for i in inputs), **kwargs))
+
+
+def _plain(a):
+    return a.view(np.ndarray) if isinstance(a, Strict) else a
+
+
+def _wrap(a):
+    return a.view(Strict) if isinstance(a, np.ndarray) else a
+
+
+CALLS: dict[str, int] = {}
+
+
+def _strict_function(name: str):
+    def call(*args, **kwargs):
+        CALLS[name] = CALLS.get(name, 0) + 1
+        args = [_plain(a) for a in args]
+        kwargs = {k: _plain(v) for k, v in kwargs.items()}
+        return _wrap(getattr(np, name)(*args, **kwargs))
+
+    return call
+
+
+STRICT = types.SimpleNamespace(float32=np.float32, **{name: _strict_function(name) for name in ALLOWED})
+
+
+def _denoiser(out_channels: int):
+    """A fake denoiser mixing x and t nonlinearly, returning the caller's array type."""
+    def denoise(x, t):
+        wrap = type(x) is Strict
+        x, t = _plain(x), _plain(t)
+        assert x.dtype == np.float32 and t.dtype == np.float32
+        out = np.tanh(np.concatenate([x] * (out_channels // x.shape[2]), axis=2) * 0.7 + t[:, None, None, None, None] / 999)
+        return _wrap(out.astype(np.float32)) if wrap else out.astype(np.float32)
+    return denoise
+
+
+CASES = [("ddpm", {}, "learned_range", "epsilon"), ("ddpm", {}, "fixed_small", "v"),
+         ("ddim", {"eta": 0.0}, "learned_range", "epsilon"), ("ddim", {"eta": 0.5}, "fixed_small", "v"),
+         ("dpmpp", {"eta": 0.0}, "learned_range", "epsilon"), ("dpmpp", {"eta": 1.0}, "fixed_small", "v")]
+
+
+@pytest.mark.parametrize("sampler,opts,variance,prediction", CASES)
+@pytest.mark.parametrize("masked", ["binary", "soft", None])
+def test_strict_namespace_bit_identical(sampler, opts, variance, prediction, masked):
+    schedule = make_schedule(steps=4, variance_type=variance, prediction_type=prediction)
+    rng = np.random.default_rng(3)
+    shape = (2, 3, 4, 4, 4)
+    x_T = standard_normal(rng, shape)
+    kw = {}
+    if masked:
+        mask = (rng.random((3, 4, 4)) > 0.5).astype(np.float32)
+        if masked == "soft":
+            mask = mask * 0.5 + 0.25 * (rng.random((3, 4, 4)) > 0.5)
+        kw = {"mask": mask, "x_given": rng.standard_normal(shape).astype(np.float32)}
+    out_c = 8 if variance == "learned_range" else 4
+    seen = []
+    ref = SAMPLERS[sampler](_denoiser(out_c), x_T, schedule, rng=np.random.default_rng(7),
+                            callback=lambda i, n, x: seen.append(x.copy()), **kw, **opts)
+    CALLS.clear()
+    strict_kw = {k: v.view(Strict) for k, v in kw.items()}
+    strict_seen = []
+    out = SAMPLERS[sampler](_denoiser(out_c), x_T.view(Strict), schedule, rng=np.random.default_rng(7),
+                            callback=lambda i, n, x: strict_seen.append(type(x)), **strict_kw, **opts)
+    assert type(out) is Strict, "the result left the namespace's array type"
+    assert strict_seen == [Strict] * 4
+    np.testing.assert_array_equal(out.view(np.ndarray), ref)
+    assert CALLS["full"] == 4 and CALLS["asarray"] > 0 and (CALLS.get("where", 0) > 0) == bool(masked)
+
+
+def test_strict_type_catches_a_numpy_call():
+    """The guard itself works: a direct NumPy function on a Strict array is refused."""
+    with pytest.raises(AssertionError, match="numpy.exp"):
+        np.exp(np.ones(3).view(Strict))
+    with pytest.raises(AssertionError, match="numpy.where"):
+        np.where(np.ones(3).view(Strict) > 0, 1.0, 0.0)
+
+
+def test_standard_normal_same_stream_through_any_namespace():
+    a = standard_normal(np.random.default_rng(5), (3, 5))
+    b = standard_normal(np.random.default_rng(5), (3, 5), STRICT)
+    assert type(b) is Strict
+    np.testing.assert_array_equal(a, b.view(np.ndarray))
+
+
+def test_namespace_of_plain_arrays_is_numpy():
+    assert namespace(np.zeros(2), None) is np
+    assert namespace(None, np.zeros(2).view(Strict)) is STRICT
+    assert namespace([1.0, 2.0]) is np
+    plain = np.zeros(2)
+    assert to_numpy(plain) is plain
+
+
+@pytest.mark.gpu
+def test_cupy_sampler_matches_numpy():
+    """On a GPU: the same sampler on CuPy arrays stays on the device and matches NumPy to float32 rounding."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # noqa: BLE001 - any CUDA failure means no usable GPU
+        pytest.skip(f"no CUDA device: {e}")
+    schedule = make_schedule(steps=4, variance_type="learned_range", prediction_type="epsilon")
+    x_T = standard_normal(np.random.default_rng(0), (1, 4, 4, 8, 8))
+    mask = np.ones((4, 8, 8), np.float32)
+    mask[:2] = 0
+    given = np.random.default_rng(1).standard_normal(x_T.shape).astype(np.float32)
+
+    def denoise(x, t):
+        xp = namespace(x)
+        return xp.tanh(xp.concatenate([x, x], axis=2) * 0.7 + t[:, None, None, None, None] / 999)
+
+    for name in SAMPLERS:
+        ref = SAMPLERS[name](denoise, x_T, schedule, rng=np.random.default_rng(2), mask=mask, x_given=given)
+        out = SAMPLERS[name](denoise, cupy.asarray(x_T), schedule, rng=np.random.default_rng(2),
+                             mask=cupy.asarray(mask), x_given=cupy.asarray(given))
+        assert isinstance(out, cupy.ndarray)
+        np.testing.assert_allclose(to_numpy(out), ref, rtol=1e-5, atol=1e-5)
