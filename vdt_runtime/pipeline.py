@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from vdt_runtime._arrays import as_array
+from vdt_runtime._xp import to_numpy
 from vdt_runtime.backends import Backend, open_backend, plan
 from vdt_runtime.bundle import STAGES, Bundle, default_bundle_path
 from vdt_runtime.errors import InputError
@@ -252,9 +253,9 @@ class Pipeline:
                 latents = self._encode([p.frames[g] for p, g in zip(plans, givens) if g.size])
             for b, lat in zip([b for b, g in enumerate(givens) if g.size], latents):
                 x_given[b, givens[b]] = lat
-        x_T = np.stack([standard_normal(rng, shape) for rng in rngs])  # each item's noise from its own seed
-
         den = self._den
+        xp = den.array_namespace()  # NumPy, or CuPy for a GPU backend: the sampler state stays where it runs
+        x_T = xp.asarray(np.stack([standard_normal(rng, shape) for rng in rngs]))  # each item's own seed
         names = [spec.name for spec in den.inputs]
         out_name = den.outputs[0].name
         together = den.batch_invariant
@@ -264,7 +265,7 @@ class Pipeline:
             if together:
                 out = den.run({names[0]: x, names[1]: t})[out_name]
             else:  # one call per item, so a per-call activation scale sees only that item
-                out = np.concatenate([den.run({names[0]: x[b: b + 1], names[1]: t[b: b + 1]})[out_name]
+                out = xp.concatenate([den.run({names[0]: x[b: b + 1], names[1]: t[b: b + 1]})[out_name]
                                       for b in range(len(x))])
             timer.add("denoiser", time.perf_counter() - start)
             return out
@@ -272,10 +273,10 @@ class Pipeline:
         callback = (lambda i, n, x: bar.update(1)) if bar is not None else None
         start, before = time.perf_counter(), timer.seconds.get("denoiser", 0.0)
         def noise(shape):  # [B, T, C, h, w]: item b's noise from its own Generator, whatever else is in the batch
-            return np.stack([standard_normal(rng, shape[1:]) for rng in rngs])
+            return xp.asarray(np.stack([standard_normal(rng, shape[1:]) for rng in rngs]))  # drawn on the host
 
-        x0 = s.sample(denoise, x_T, s.schedule, rng=noise, mask=np.stack([p.mask for p in plans]), x_given=x_given,
-                      callback=callback, **s.options)
+        x0 = to_numpy(s.sample(denoise, x_T, s.schedule, rng=noise, mask=xp.asarray(np.stack([p.mask for p in plans])),
+                               x_given=xp.asarray(x_given), callback=callback, **s.options))
         timer.add("sampler", time.perf_counter() - start - (timer.seconds.get("denoiser", 0.0) - before))
 
         with timer.stage("vae_decoder"):

@@ -23,6 +23,7 @@ BACKENDS = {
     "cpu": "vdt_runtime.backends.ort",
     "cuda": "vdt_runtime.backends.ort",
     "ort-tensorrt": "vdt_runtime.backends.ort",
+    "tensorrt": "vdt_runtime.backends.tensorrt",  # native engines (needs tensorrt, cuda-python and a GPU)
 }
 CHOICES = ("auto", *BACKENDS)
 # backend="auto": candidates (backend, precision) best first; only lossless precisions (never int8 or fp16

@@ -29,6 +29,11 @@ class Backend(ABC):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Feed {input name: array}; return {output name: array}."""
 
+    def array_namespace(self):
+        """The array library run() takes and returns natively: NumPy here; a GPU backend may return CuPy so the
+        sampler keeps its state on the device."""
+        return np
+
     def close(self) -> None:
         """Release the session/engine and its buffers; idempotent. run() afterwards raises BackendError."""
         if not self._closed:

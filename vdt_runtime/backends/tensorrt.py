@@ -1,0 +1,212 @@
+"""Native TensorRT backend (backend="tensorrt"): one engine per stage from the engine cache, no onnxruntime and no
+torch. TensorRT 10/11 name-based I/O (set_input_shape, set_tensor_address, execute_async_v3) with cuda-python
+(cuda.bindings) for device memory and one stream; device buffers are allocated once per optimization profile at
+its max shapes and reused by every call; with cuda_graph=True each (profile, shapes) is captured once as a CUDA
+graph and replayed. run() takes NumPy arrays (copied to and from the device) or CuPy arrays (device to device,
+returned as CuPy), so a sampler on CuPy arrays keeps its state on the GPU (`array_namespace`).
+
+Nothing in this file has run on a real GPU or TensorRT in this repo (README "TensorRT"); the option checks,
+profile choice and engine cache logic are tested on the CPU, the rest only by benchmarks/gpu_check.sh.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vdt_runtime import trt_engines as engines
+from vdt_runtime._xp import namespace
+from vdt_runtime.backends.base import Backend, boolean, check_io
+from vdt_runtime.bundle import Bundle
+from vdt_runtime.errors import BackendError, InputError
+
+PRECISIONS = engines.PRECISIONS
+# cache_dir: engine cache (default vdt_runtime.trt_engines.default_cache_dir()); cuda_graph: capture per (B, T);
+# workspace_gb: builder workspace limit; device_id: CUDA device; frame_buckets: one profile per frame bucket;
+# build: build a missing engine at load (False: refuse); device_state: hand CuPy arrays to the sampler
+OPTIONS = {"cache_dir": None, "cuda_graph": False, "workspace_gb": 4.0, "device_id": 0, "frame_buckets": (),
+           "build": True, "device_state": True}
+
+
+def available(backend: str = "tensorrt") -> str | None:
+    """None when tensorrt, cuda-python and a CUDA device are all here, else the first thing missing."""
+    try:
+        engines.device_info(0)
+    except BackendError as e:
+        return str(e)
+    return None
+
+
+def precisions(bundle: Bundle, stage: str, backend: str = "tensorrt") -> tuple[str, ...]:
+    """fp32 (from the standard ONNX) and fp16 (from the bundle's fp16 ONNX, if it has one), fp32 first."""
+    return tuple(p for p in PRECISIONS if p in bundle.stage(stage).files)
+
+
+def check_tensorrt_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Types and ranges of the merged options (keys were checked by the registry)."""
+    o = dict(options)
+    if o["cache_dir"] is not None and not isinstance(o["cache_dir"], (str, Path)):
+        raise InputError(f"cache_dir must be a folder path or None, got {type(o['cache_dir']).__name__}")
+    for key in ("cuda_graph", "build", "device_state"):
+        boolean(key, o[key])
+    if isinstance(o["device_id"], bool) or not isinstance(o["device_id"], int) or o["device_id"] < 0:
+        raise InputError(f"device_id must be an integer >= 0, got {o['device_id']!r}")
+    buckets = o["frame_buckets"]
+    if not isinstance(buckets, (tuple, list)) or any(isinstance(b, bool) or not isinstance(b, int) for b in buckets):
+        raise InputError(f"frame_buckets must be a list of frame counts, e.g. [4, 8, 16], got {buckets!r}")
+    o["frame_buckets"] = tuple(buckets)
+    o["cache_dir"] = Path(o["cache_dir"]) if o["cache_dir"] is not None else engines.default_cache_dir()
+    return o
+
+
+def open(bundle: Bundle, stage: str, backend: str, precision: str, options: dict) -> "TensorRTBackend":  # noqa: A001
+    """Factory used by `vdt_runtime.backends.open_backend`."""
+    return TensorRTBackend(bundle, stage, precision, check_tensorrt_options(options))
+
+
+class TensorRTBackend(Backend):
+    """One deserialized engine, its execution context, one CUDA stream and per-profile device buffers."""
+
+    name = "tensorrt"
+    graph = "engine"
+
+    def __init__(self, bundle: Bundle, stage: str, precision: str, o: dict[str, Any]):
+        trt = engines.import_tensorrt()
+        self._cudart = cudart = engines.import_cudart()
+        spec = bundle.stage(stage)
+        self.stage, self.precision, self.inputs, self.outputs = stage, precision, spec.inputs, spec.outputs
+        device = engines.device_info(o["device_id"])
+        engines.cuda_check(cudart.cudaSetDevice(o["device_id"]), "cudaSetDevice")
+        build = engines.build_spec(bundle, stage, precision, frame_buckets=o["frame_buckets"],
+                                   workspace_gb=o["workspace_gb"])
+        self.plan_path = engines.ensure_engine(bundle, build, device, o["cache_dir"], build=o["build"])
+        self.profiles = list(build.profiles)
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._runtime.engine_host_code_allowed = True  # version-compatible engines carry their lean runtime
+        self._engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        if self._engine is None:
+            raise BackendError(f"TensorRT {trt.__version__} could not deserialize {self.plan_path}; delete it to rebuild")
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        mode = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        dtype = {n: "float32" if self._engine.get_tensor_dtype(n) == trt.DataType.FLOAT else
+                 str(self._engine.get_tensor_dtype(n)) for n in names}
+        check_io(stage, self.plan_path.name, "inputs", self.inputs, [(n, dtype[n]) for n in names if mode[n]])
+        check_io(stage, self.plan_path.name, "outputs", self.outputs, [(n, dtype[n]) for n in names if not mode[n]])
+        self._context = self._engine.create_execution_context()
+        self._stream = engines.cuda_check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
+                                          "cudaStreamCreateWithFlags")
+        self._buffers: dict[int, dict[str, int]] = {}  # profile -> tensor name -> device pointer (max shape)
+        self._graphs: dict[tuple, Any] = {}  # (profile, input shapes) -> CUDA graph exec
+        self._seen: set[tuple] = set()
+        self._profile = None
+        self._cuda_graph, self._device_state = o["cuda_graph"], o["device_state"]
+        self.providers = (f"TensorRT:{device.name}",)
+
+    def array_namespace(self):
+        """CuPy when it is installed and device_state is on (the sampler then keeps its state on the GPU)."""
+        if self._device_state:
+            try:
+                import cupy
+
+                return cupy
+            except ImportError:
+                pass
+        return np
+
+    # --- one call ------------------------------------------------------------------------------------------
+    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        if self._closed:
+            raise BackendError(f"stage {self.stage!r} backend tensorrt is closed")
+        want = [s.name for s in self.inputs]
+        if set(inputs) != set(want):
+            raise InputError(f"stage {self.stage!r} takes inputs {sorted(want)}, got {sorted(inputs)}")
+        xp = namespace(*inputs.values())
+        feed = {k: xp.ascontiguousarray(v, dtype=xp.float32) for k, v in inputs.items()}
+        shapes = {k: tuple(int(d) for d in v.shape) for k, v in feed.items()}
+        profile = engines.select_profile(self.profiles, shapes, self.stage)
+        buffers = self._use_profile(profile)
+        for name, shape in shapes.items():
+            if not self._context.set_input_shape(name, shape):
+                raise BackendError(f"TensorRT refused input {name} shape {list(shape)} for stage {self.stage!r}")
+        if xp is not np:
+            xp.cuda.get_current_stream().synchronize()  # the caller's device work on the inputs is done
+        for name, array in feed.items():
+            self._copy(buffers[name], array, array.nbytes, to_device=True)
+        self._execute(profile, shapes)
+        out = {}
+        for spec in self.outputs:
+            shape = tuple(self._context.get_tensor_shape(spec.name))
+            out[spec.name] = xp.empty(shape, dtype=xp.float32)
+            self._copy(buffers[spec.name], out[spec.name], out[spec.name].nbytes, to_device=False)
+        engines.cuda_check(self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return out
+
+    def _use_profile(self, profile: int) -> dict[str, int]:
+        """Switch the context to `profile`, allocating its buffers (max shapes) the first time."""
+        if profile not in self._buffers:
+            sizes = {}
+            for name, (_, _, hi) in self.profiles[profile].shapes.items():
+                sizes[name] = int(np.prod(hi)) * 4
+            self._context.set_optimization_profile_async(profile, self._stream)
+            for name, (_, _, hi) in self.profiles[profile].shapes.items():
+                self._context.set_input_shape(name, hi)
+            for spec in self.outputs:  # output size at the profile's max input shapes
+                sizes[spec.name] = int(np.prod(tuple(self._context.get_tensor_shape(spec.name)))) * 4
+            self._buffers[profile] = {n: engines.cuda_check(self._cudart.cudaMalloc(max(s, 4)), "cudaMalloc")
+                                      for n, s in sizes.items()}
+            self._profile = None
+        if self._profile != profile:
+            self._context.set_optimization_profile_async(profile, self._stream)
+            for name, ptr in self._buffers[profile].items():
+                self._context.set_tensor_address(name, ptr)
+            self._profile = profile
+        return self._buffers[profile]
+
+    def _execute(self, profile: int, shapes: dict[str, tuple[int, ...]]) -> None:
+        """execute_async_v3 on the stream; with cuda_graph, the second call at the same shapes captures a graph
+        (the first lets TensorRT finish its shape-dependent set-up outside the capture) and later ones replay it."""
+        cudart = self._cudart
+        key = (profile, tuple(sorted(shapes.items())))
+        graph = self._graphs.get(key)
+        if graph is not None:
+            engines.cuda_check(cudart.cudaGraphLaunch(graph[1], self._stream), "cudaGraphLaunch")
+            return
+        if not self._cuda_graph or key not in self._seen:
+            self._seen.add(key)
+            if not self._context.execute_async_v3(self._stream):
+                raise BackendError(f"TensorRT execute_async_v3 failed for stage {self.stage!r} at {dict(shapes)}")
+            return
+        engines.cuda_check(cudart.cudaStreamBeginCapture(
+            self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture")
+        ok = self._context.execute_async_v3(self._stream)
+        g = engines.cuda_check(cudart.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
+        if not ok:
+            cudart.cudaGraphDestroy(g)
+            raise BackendError(f"TensorRT execute_async_v3 failed during CUDA graph capture for {dict(shapes)}")
+        exe = engines.cuda_check(cudart.cudaGraphInstantiate(g, 0), "cudaGraphInstantiate")
+        self._graphs[key] = (g, exe)
+        engines.cuda_check(cudart.cudaGraphLaunch(exe, self._stream), "cudaGraphLaunch")
+
+    def _copy(self, device_ptr: int, array, nbytes: int, *, to_device: bool) -> None:
+        """Async copy between a buffer and a NumPy (host) or CuPy (device) array on the backend's stream."""
+        cudart = self._cudart
+        on_device = hasattr(array, "__cuda_array_interface__")
+        ptr = array.__cuda_array_interface__["data"][0] if on_device else array.ctypes.data
+        kind = (cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice if on_device else
+                cudart.cudaMemcpyKind.cudaMemcpyHostToDevice if to_device else
+                cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        dst, src = (device_ptr, ptr) if to_device else (ptr, device_ptr)
+        engines.cuda_check(cudart.cudaMemcpyAsync(dst, src, nbytes, kind, self._stream), "cudaMemcpyAsync")
+
+    def _release(self) -> None:
+        cudart = self._cudart
+        for g, exe in self._graphs.values():
+            cudart.cudaGraphExecDestroy(exe)
+            cudart.cudaGraphDestroy(g)
+        for buffers in self._buffers.values():
+            for ptr in buffers.values():
+                cudart.cudaFree(ptr)
+        self._graphs, self._buffers = {}, {}
+        cudart.cudaStreamDestroy(self._stream)
+        self._context = self._engine = self._runtime = None
