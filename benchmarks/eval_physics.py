@@ -52,9 +52,9 @@ def baselines(given: np.ndarray) -> dict[str, np.ndarray]:
     return {"blank": blank, "copy_last": np.repeat(given[-1:], k, axis=0), "const_velocity": cv}
 
 
-def paired(a: np.ndarray, b: np.ndarray) -> str:
+def paired(a: np.ndarray, b: np.ndarray, digits: int = 2) -> str:
     d = a - b
-    return f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f}"
+    return f"{d.mean():+.{digits}f} ± {d.std(ddof=1) / np.sqrt(len(d)):.{digits}f}"
 
 
 def evaluate(pipe: Pipeline, clips: int, steps: int, sampler: str, seed: int, progress: bool = True,
@@ -172,8 +172,9 @@ def main(argv=None):
         m, r = res["arrays"]["model"], ref["arrays"]["model"]
         print(f"\n| paired, {args.precision} minus {args.paired_with} (± s.e.) | PSNR dB | pos err px | at +1 | at +8 |")
         print("|---|---|---|---|---|")
-        print(f"| model | {paired(m['psnr'], r['psnr'])} | {paired(m['pos'], r['pos'])} | "
-              f"{paired(m['pos+1'], r['pos+1'])} | {paired(m['pos+8'], r['pos+8'])} |")
+        print("| model | " + " | ".join(paired(m[k], r[k], 4) for k in ("psnr", "pos", "pos+1", "pos+8")) + " |")
+        same = sum(bool(np.array_equal(a, b)) for a, b in zip(m["psnr"], r["psnr"]))
+        print(f"\nclips with identical PSNR under both precisions: {same}/{len(m['psnr'])}")
     if args.json:
         means = {n: {k: float(v.mean()) for k, v in r.items()} for n, r in res["arrays"].items()}
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "means": means}, indent=1))

@@ -89,7 +89,8 @@ def test_why_unusable_names_each_mismatch(bundle):
     newer = replace(H100, tensorrt="10.14.0.0")
     assert te.why_unusable(meta, spec, newer) == ["TensorRT: engine built with 10.13.0.35, this is 10.14.0.0"]
     assert any("onnx_sha256" in r for r in te.why_unusable(meta, replace(spec, onnx_sha256="f" * 64), H100))
-    assert any("flag workspace_gb" in r for r in te.why_unusable(meta, replace(spec, workspace_gb=1.0), H100))
+    assert any("flag tf32" in r for r in te.why_unusable(meta, replace(spec, tf32=True), H100))
+    assert te.why_unusable(meta, replace(spec, workspace_gb=1.0), H100) == []  # how it was built, not what it computes
     shipped = replace(spec, version_compatible=True, hardware_compat="ampere+")
     m2 = shipped.meta(H100)
     assert te.why_unusable(m2, shipped, te.Device("NVIDIA L4", (8, 9), "10.14.0.0")) == []
@@ -152,7 +153,9 @@ def test_options_checked(bundle):
         check_options("tensorrt", {"threads": 2}, backend.OPTIONS)
     ok = backend.check_tensorrt_options({**backend.OPTIONS, "frame_buckets": [4, 8], "cache_dir": "x"})
     assert ok["frame_buckets"] == (4, 8) and str(ok["cache_dir"]) == "x"
-    for bad in ({"cuda_graph": "yes"}, {"device_id": -1}, {"frame_buckets": "4,8"}, {"cache_dir": 3}):
+    assert backend.check_tensorrt_options({**backend.OPTIONS, "frame_buckets": "4,8"})["frame_buckets"] == (4, 8)
+    for bad in ({"cuda_graph": "yes"}, {"device_id": -1}, {"frame_buckets": "4,x"}, {"frame_buckets": 4},
+                {"cache_dir": 3}, {"workspace_gb": "lots"}):
         with pytest.raises(InputError):
             backend.check_tensorrt_options({**backend.OPTIONS, **bad})
 

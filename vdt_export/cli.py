@@ -59,6 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(fp16)
     fp16.add_argument("--verbose", action="store_true", help="show the exporter's own output")
 
+    trt = sub.add_parser("trt", help="build TensorRT engines for a bundle into the engine cache (needs a GPU)")
+    trt.add_argument("bundle", type=Path)
+    trt.add_argument("--precision", action="append", choices=["fp32", "fp16"],
+                     help="repeat for several (default: every precision the bundle has an ONNX for)")
+    trt.add_argument("--stage", action="append", choices=["denoiser", "vae_encoder", "vae_decoder"],
+                     help="repeat for several (default: all three)")
+    trt.add_argument("--frame-buckets", default="", help="denoiser profiles per frame bucket, e.g. 4,8,16")
+    trt.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace limit (default 4)")
+    trt.add_argument("--tf32", action="store_true", help="allow TF32 MatMuls in fp32 engines (Ampere+)")
+    trt.add_argument("--version-compatible", action="store_true",
+                     help="engine runs on later TensorRT releases of the same major")
+    trt.add_argument("--hardware-compat", choices=["none", "ampere+", "same-cc"], default="none",
+                     help="ampere+: one engine for every GPU of compute capability >= 8.0")
+    trt.add_argument("--cache-dir", type=Path, help="engine cache (default $VDT_TRT_CACHE or ~/.cache/vdt/tensorrt)")
+    trt.add_argument("--device-id", type=int, default=0)
+    trt.add_argument("--force", action="store_true", help="rebuild even when a usable engine is cached")
+
     quant = sub.add_parser("quantize", help="add an INT8 denoiser (onnxruntime quantization) to a bundle")
     quant.add_argument("bundle", type=Path)
     quant.add_argument("--mode", choices=["dynamic", "static"], default="dynamic")
@@ -171,6 +188,20 @@ def _cmd_fp16(args) -> int:
     return 0
 
 
+def _cmd_trt(args) -> int:
+    from .tensorrt import build_bundle_engines
+
+    buckets = tuple(int(b) for b in args.frame_buckets.split(",") if b.strip())
+    rows = build_bundle_engines(args.bundle, precisions=tuple(args.precision) if args.precision else None,
+                                stages=tuple(args.stage) if args.stage else ("denoiser", "vae_encoder", "vae_decoder"),
+                                frame_buckets=buckets, cache_dir=args.cache_dir, device_id=args.device_id,
+                                force=args.force, workspace_gb=args.workspace_gb, tf32=args.tf32,
+                                version_compatible=args.version_compatible, hardware_compat=args.hardware_compat)
+    for stage, precision, path in rows:
+        print(f"{stage:<12} {precision}  {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def _cmd_verify(args) -> int:
     from .verify import verify_bundle
 
@@ -187,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"onnx": _cmd_onnx, "verify": _cmd_verify, "quantize": _cmd_quantize,
-                "fp16": _cmd_fp16}[args.command](args)
+                "fp16": _cmd_fp16, "trt": _cmd_trt}[args.command](args)
     except (VDTError, ValueError, FileNotFoundError) as exc:
         print(f"vdt-export: error: {exc}", file=sys.stderr)
         return 2

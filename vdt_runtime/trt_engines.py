@@ -22,6 +22,7 @@ from vdt_runtime.errors import BackendError, InputError
 PRECISIONS = ("fp32", "fp16")  # fp16: built from the bundle's fp16 ONNX (vdt-export fp16), strongly typed
 HARDWARE_COMPAT = {"none": 0, "ampere+": 80, "same-cc": None}  # level -> lowest compute capability ×10 it runs on
 META_VERSION = 1
+NUMERIC_FLAGS = ("strongly_typed", "tf32")
 
 
 def default_cache_dir() -> Path:
@@ -142,9 +143,7 @@ class BuildSpec:
             raise InputError(f"TensorRT precision {self.precision!r}; it builds: {', '.join(PRECISIONS)}")
         if self.hardware_compat not in HARDWARE_COMPAT:
             raise InputError(f"hardware_compat {self.hardware_compat!r}; choose one of {', '.join(HARDWARE_COMPAT)}")
-        if not (isinstance(self.workspace_gb, (int, float)) and not isinstance(self.workspace_gb, bool)
-                and 0 < self.workspace_gb <= 1024):
-            raise InputError(f"workspace_gb must be a number in (0, 1024], got {self.workspace_gb!r}")
+        check_workspace(self.workspace_gb)
 
     def flags(self) -> dict:
         return {"strongly_typed": True, "workspace_gb": float(self.workspace_gb), "tf32": self.tf32,
@@ -172,13 +171,25 @@ class BuildSpec:
         return Path(cache_dir) / f"{self.bundle}.{self.stage}.{self.precision}.{self.key(device)}.plan"
 
 
+def check_workspace(gb) -> float:
+    """A builder workspace limit in GiB: a number in (0, 1024]."""
+    if not (isinstance(gb, (int, float)) and not isinstance(gb, bool) and 0 < gb <= 1024):
+        raise InputError(f"workspace_gb must be a number in (0, 1024], got {gb!r}")
+    return float(gb)
+
+
 def why_unusable(meta: dict, spec: BuildSpec, device: Device) -> list[str]:
-    """Reasons the engine described by `meta` must not run `spec` on `device`; empty when it may."""
+    """Reasons the engine described by `meta` must not run `spec` on `device`; empty when it may: the same ONNX,
+    precision, profiles and numeric flags, built by this TensorRT for this GPU — or, for a version- / hardware-
+    compatible engine, by a TensorRT and for GPUs that this machine's are compatible with."""
     want = spec.meta(device)
     reasons = [f"{k}: engine {meta.get(k)!r}, wanted {want[k]!r}"
                for k in ("meta_version", "stage", "precision", "onnx_sha256", "profiles") if meta.get(k) != want[k]]
     flags = meta.get("flags", {})
-    reasons += [f"flag {k}: engine {flags.get(k)!r}, wanted {v!r}" for k, v in want["flags"].items() if flags.get(k) != v]
+    # flags that change the numbers must match; workspace and the compatibility flags only change how it was
+    # built and where it runs (checked just below), so a shipped compatible engine is found by any request
+    reasons += [f"flag {k}: engine {flags.get(k)!r}, wanted {want['flags'][k]!r}" for k in NUMERIC_FLAGS
+                if flags.get(k) != want["flags"][k]]
     built_trt = str(meta.get("tensorrt", ""))
     if flags.get("version_compatible"):
         if _version(built_trt)[:1] != _version(device.tensorrt)[:1] or _version(built_trt) > _version(device.tensorrt):

@@ -53,6 +53,17 @@ def check_tensorrt_options(options: dict[str, Any]) -> dict[str, Any]:
     if isinstance(o["device_id"], bool) or not isinstance(o["device_id"], int) or o["device_id"] < 0:
         raise InputError(f"device_id must be an integer >= 0, got {o['device_id']!r}")
     buckets = o["frame_buckets"]
+    if isinstance(buckets, str):  # the CLI's -o frame_buckets=4,8,16
+        try:
+            buckets = [int(b) for b in buckets.split(",") if b.strip()]
+        except ValueError:
+            raise InputError(f"frame_buckets must be frame counts like 4,8,16, got {o['frame_buckets']!r}") from None
+    if isinstance(o["workspace_gb"], str):  # the CLI's -o workspace_gb=2.5
+        try:
+            o["workspace_gb"] = float(o["workspace_gb"])
+        except ValueError:
+            raise InputError(f"workspace_gb must be a number, got {o['workspace_gb']!r}") from None
+    engines.check_workspace(o["workspace_gb"])
     if not isinstance(buckets, (tuple, list)) or any(isinstance(b, bool) or not isinstance(b, int) for b in buckets):
         raise InputError(f"frame_buckets must be a list of frame counts, e.g. [4, 8, 16], got {buckets!r}")
     o["frame_buckets"] = tuple(buckets)

@@ -1,0 +1,245 @@
+"""GPU checks for the TensorRT path (run by benchmarks/gpu_check.sh on a machine with an NVIDIA GPU).
+
+Each check runs what this machine can run and records SKIP with the reason otherwise:
+  env        GPU, CUDA, torch, CuPy, cuda-python, TensorRT and onnxruntime providers as really found
+  fp16_onnx  fp16 vs fp32 ONNX of a random VDT-S/2 (onnxruntime, whatever providers it really uses)
+  cupy       every sampler on CuPy arrays vs NumPy, same noise, same stand-in denoiser
+  buffers    cuda.bindings: allocate, copy host→device→host on one stream, compare
+  torch      torch-CUDA eager VDT-S/2 per call: fp32, fp16 autocast, and the fp16 export policy (B=1, T=16)
+  tensorrt   engines fp32/fp16 built from the bundle, TRT vs onnxruntime parity, per-call (± CUDA graph) and
+             per-video (predict, DDPM 50) timings
+Results: one line per measurement on stdout and in --out (JSON lines).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS: list[dict] = []
+
+
+class Skip(Exception):
+    """This machine lacks what a check needs."""
+
+
+def record(check: str, **fields) -> None:
+    row = {"check": check, **fields}
+    RESULTS.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def guarded(fn):
+    def run(*args):
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 - a missing package or device is a SKIP, not a crash
+            skip = isinstance(e, (ImportError, Skip))
+            record(fn.__name__, status="SKIP" if skip else "ERROR", reason=f"{type(e).__name__}: {e}"[:400],
+                   **({} if skip else {"trace": traceback.format_exc()[-800:]}))
+    return run
+
+
+def timed(fn, repeats: int = 20, warmup: int = 3, sync=lambda: None) -> dict:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "n": repeats}
+
+
+@guarded
+def env(_):
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap,driver_version,memory.total",
+                              "--format=csv,noheader"], capture_output=True, text=True)
+        gpu = smi.stdout.strip() or smi.stderr.strip()
+    except FileNotFoundError:
+        gpu = "no nvidia-smi"
+    found = {"gpu": gpu, "python": platform.python_version()}
+    for mod in ("torch", "cupy", "tensorrt", "onnxruntime", "cuda.bindings"):
+        try:
+            m = __import__(mod, fromlist=["_"])
+            found[mod] = getattr(m, "__version__", "present")
+        except Exception as e:  # noqa: BLE001
+            found[mod] = f"missing ({type(e).__name__})"
+    import onnxruntime as ort
+
+    found["ort_providers_available"] = ort.get_available_providers()
+    record("env", status="OK", **found)
+
+
+def make_bundle(tmp: Path) -> Path:
+    """A random VDT-S/2 (16 frames, 32×32×4 latents, seed 0) + tiny VAE bundle with its fp16 stages."""
+    from vdt_export.checkpoint import randomize_
+    from vdt_export.bundle import export_bundle
+    from vdt_export.fp16 import add_fp16
+    from vdt_export.models import VDT, config_from_name
+    from vdt_export.vae import build_vae, tiny_vae_config
+
+    vdt = randomize_(VDT(config_from_name("VDT-S/2")), 0).eval()
+    vae = randomize_(build_vae(tiny_vae_config()), 1).eval()
+    out = export_bundle(vdt, vae, tmp / "s2", name="s2", image_size=64, fused=False)
+    add_fp16(out, vdt, vae)
+    return out
+
+
+@guarded
+def fp16_onnx(bundle: Path):
+    from vdt_export.quantize import precision_error
+
+    for stage in ("denoiser", "vae_encoder", "vae_decoder"):
+        e = precision_error(bundle, precision="fp16", stage=stage, trials=4)
+        record("fp16_onnx", status="OK", stage=stage, **e)
+
+
+@guarded
+def cupy(_):
+    import cupy as cp
+
+    if cp.cuda.runtime.getDeviceCount() < 1:
+        raise Skip("CuPy sees no CUDA device")
+    from vdt_runtime._xp import namespace, to_numpy
+    from vdt_runtime.samplers import SAMPLERS, standard_normal
+    from vdt_runtime.schedule import make_schedule
+
+    schedule = make_schedule(50, variance_type="learned_range")
+    x_T = standard_normal(np.random.default_rng(0), (1, 16, 4, 32, 32))
+    mask = np.ones((16, 32, 32), np.float32)
+    mask[:8] = 0
+    given = np.random.default_rng(1).standard_normal(x_T.shape).astype(np.float32)
+
+    def denoise(x, t):
+        xp = namespace(x)
+        return xp.tanh(xp.concatenate([x, x], axis=2) * 0.7 + t[:, None, None, None, None] / 999)
+
+    for name in SAMPLERS:
+        ref = SAMPLERS[name](denoise, x_T, schedule, rng=np.random.default_rng(2), mask=mask, x_given=given)
+        out = SAMPLERS[name](denoise, cp.asarray(x_T), schedule, rng=np.random.default_rng(2),
+                             mask=cp.asarray(mask), x_given=cp.asarray(given))
+        diff = np.abs(to_numpy(out) - ref)
+        record("cupy", status="OK", sampler=name, steps=50, on_device=isinstance(out, cp.ndarray),
+               max_abs=float(diff.max()), mean_abs=float(diff.mean()))
+
+
+@guarded
+def buffers(_):
+    from cuda.bindings import runtime as cudart
+
+    from vdt_runtime import trt_engines as te
+
+    stream = te.cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+    host = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)
+    back = np.empty_like(host)
+    ptr = te.cuda_check(cudart.cudaMalloc(host.nbytes), "cudaMalloc")
+    kind = cudart.cudaMemcpyKind
+    te.cuda_check(cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, kind.cudaMemcpyHostToDevice, stream), "H2D")
+    te.cuda_check(cudart.cudaMemcpyAsync(back.ctypes.data, ptr, host.nbytes, kind.cudaMemcpyDeviceToHost, stream), "D2H")
+    te.cuda_check(cudart.cudaStreamSynchronize(stream), "sync")
+    cudart.cudaFree(ptr)
+    cudart.cudaStreamDestroy(stream)
+    record("buffers", status="OK", bytes=host.nbytes, equal=bool(np.array_equal(host, back)))
+
+
+@guarded
+def torch_reference(_):
+    import torch
+
+    if not torch.cuda.is_available():
+        raise Skip(f"torch {torch.__version__} has no CUDA device")
+    from vdt_export.checkpoint import randomize_
+    from vdt_export.fp16 import half_vdt
+    from vdt_export.models import VDT, config_from_name
+
+    vdt = randomize_(VDT(config_from_name("VDT-S/2")), 0).eval().cuda()
+    x = torch.randn(1, 16, 4, 32, 32, device="cuda")
+    t = torch.tensor([500.0], device="cuda")
+    sync = torch.cuda.synchronize
+    with torch.no_grad():
+        ref = vdt(x, t)
+        record("torch", status="OK", what="VDT-S/2 eager fp32", batch=1, frames=16,
+               device=torch.cuda.get_device_name(), **timed(lambda: vdt(x, t), sync=sync))
+        with torch.autocast("cuda", dtype=torch.float16):
+            record("torch", status="OK", what="VDT-S/2 eager fp16 autocast", batch=1, frames=16,
+                   **timed(lambda: vdt(x, t), sync=sync))
+        half = half_vdt(vdt)
+        out = half(x, t)
+        record("torch", status="OK", what="VDT-S/2 eager, fp16 export policy", batch=1, frames=16,
+               max_abs_vs_fp32=float((out - ref).abs().max()), **timed(lambda: half(x, t), sync=sync))
+
+
+@guarded
+def tensorrt(bundle: Path):
+    import tensorrt  # noqa: F401 - SKIP here when TensorRT is not installed
+
+    from vdt_runtime import Pipeline
+    from vdt_runtime.backends import open_backend
+    from vdt_runtime.bundle import Bundle
+
+    b = Bundle.load(bundle)
+    cache = bundle.parent / "engines"
+    rng = np.random.default_rng(0)
+    feed = {"latents": rng.standard_normal((1, 16, 4, 32, 32), dtype=np.float32),
+            "timestep": np.array([500.0], np.float32)}
+    ref = open_backend(b, "denoiser", "cpu", "fp32").run(feed)["model_out"]
+    for precision in ("fp32", "fp16"):
+        for graph in (False, True):
+            start = time.perf_counter()
+            be = open_backend(b, "denoiser", "tensorrt", precision, {"cache_dir": str(cache), "cuda_graph": graph})
+            load_s = time.perf_counter() - start
+            out = be.run(feed)["model_out"]
+            record("tensorrt", status="OK", what=f"denoiser {precision}", cuda_graph=graph, load_or_build_s=load_s,
+                   providers=be.providers, max_abs_vs_ort_fp32=float(np.abs(out - ref).max()),
+                   mean_abs_vs_ort_fp32=float(np.abs(out - ref).mean()), **timed(lambda: be.run(feed)))
+            be.close()
+    frames = np.random.default_rng(1).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    for backend, precision in (("tensorrt", "fp32"), ("tensorrt", "fp16"), ("cpu", "fp32")):
+        with Pipeline.load(bundle, backend=backend, precision=precision,
+                           options={"cache_dir": str(cache)} if backend == "tensorrt" else None) as pipe:
+            run = lambda: pipe.predict(frames, cond=8, total=16, steps=50, seed=0)  # noqa: E731
+            record("tensorrt", status="OK", what=f"predict video DDPM 50 ({backend} {precision})",
+                   providers=pipe.providers["denoiser"], **timed(run, repeats=3, warmup=1))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "gpu_check_results.jsonl")
+    args = ap.parse_args(argv)
+    env(None)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            bundle = make_bundle(Path(tmp))
+        except Exception as e:  # noqa: BLE001
+            record("bundle", status="ERROR", reason=f"{type(e).__name__}: {e}"[:400])
+            bundle = None
+        if bundle is not None:
+            fp16_onnx(bundle)
+        cupy(None)
+        buffers(None)
+        torch_reference(None)
+        if bundle is not None:
+            tensorrt(bundle)
+    args.out.write_text("".join(json.dumps(r) + "\n" for r in RESULTS))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

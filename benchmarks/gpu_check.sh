@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# GPU checks for the TensorRT path (issue 12): FP16 ONNX parity, CuPy sampler vs NumPy, cuda.bindings buffers,
+# torch-CUDA eager fp32/fp16 reference timings for a random VDT-S/2 and, where TensorRT is installed, engine build,
+# TRT-vs-onnxruntime parity and per-call / per-video timings. Each check records SKIP (with the reason) when this
+# machine lacks what it needs. Needs the export extra (torch with CUDA); cupy / tensorrt / cuda-python optional.
+#   benchmarks/gpu_check.sh [results.jsonl]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out="${1:-benchmarks/gpu_check_results.jsonl}"
+py="${PYTHON:-python}"
+nvidia-smi || echo "nvidia-smi not found"
+uptime
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$py" benchmarks/gpu_check.py --out "$out"
+PYTHONPATH="$PWD" "$py" -m pytest -q -m gpu tests/test_sampler_xp.py tests/test_tensorrt_logic.py || true
