@@ -287,22 +287,22 @@ def write_engine(cache_dir: Path, spec: BuildSpec, device: Device, plan: bytes) 
 
 def import_tensorrt():
     """The tensorrt module, or BackendError naming what to install."""
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise BackendError(f"backend 'tensorrt' needs the tensorrt package (10.x or 11.x), which is not importable "
-                           f"here ({e}); install it with pip install 'vdt[tensorrt]' on a machine with an NVIDIA GPU") from None
-    return tensorrt
+    return _gpu_module("tensorrt", "the tensorrt package (10.x or 11.x)")
 
 
 def import_cudart():
     """cuda.bindings.runtime (cuda-python), or BackendError naming what to install."""
+    return _gpu_module("cuda.bindings.runtime", "cuda-python (cuda.bindings)")
+
+
+def _gpu_module(name: str, what: str):
+    import importlib
+
     try:
-        from cuda.bindings import runtime
+        return importlib.import_module(name)
     except ImportError as e:
-        raise BackendError(f"backend 'tensorrt' needs cuda-python (cuda.bindings), which is not importable here ({e}); "
-                           f"install it with pip install 'vdt[tensorrt]'") from None
-    return runtime
+        raise BackendError(f"backend 'tensorrt' needs {what}, which is not importable here ({e}); install it with "
+                           f"pip install 'vdt[tensorrt]' on a machine with an NVIDIA GPU") from None
 
 
 def cuda_check(result, what: str):
