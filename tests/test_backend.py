@@ -62,8 +62,8 @@ def test_provider_lists():
 def test_unknown_backend_lists_choices(bundle):
     with pytest.raises(InputError, match="'metal'.*auto, cpu, cuda, ort-tensorrt"):
         open_backend(bundle, "denoiser", "metal")
-    with pytest.raises(InputError, match="'tensorrt'.*ort-tensorrt"):  # the onnxruntime TensorRT provider's old name
-        open_backend(bundle, "denoiser", "tensorrt") if "tensorrt" not in BACKENDS else open_backend(bundle, "x", 1)
+    # "tensorrt" is the native TensorRT backend; onnxruntime's TensorRT provider is "ort-tensorrt"
+    assert BACKENDS["tensorrt"] == "vdt_runtime.backends.tensorrt" and BACKENDS["ort-tensorrt"].endswith(".ort")
     assert {"cpu", "cuda", "ort-tensorrt"} <= set(BACKENDS)
 
 

@@ -107,6 +107,7 @@ class TensorRTBackend(Backend):
         self._context = self._engine.create_execution_context()
         self._stream = engines.cuda_check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
                                           "cudaStreamCreateWithFlags")
+        self._handle = int(self._stream)  # TensorRT takes the raw cudaStream_t; cuda.bindings takes the object
         self._buffers: dict[int, dict[str, int]] = {}  # profile -> tensor name -> device pointer (max shape)
         self._graphs: dict[tuple, Any] = {}  # (profile, input shapes) -> CUDA graph exec
         self._seen: set[tuple] = set()
@@ -159,7 +160,7 @@ class TensorRTBackend(Backend):
             sizes = {}
             for name, (_, _, hi) in self.profiles[profile].shapes.items():
                 sizes[name] = int(np.prod(hi)) * 4
-            self._context.set_optimization_profile_async(profile, self._stream)
+            self._context.set_optimization_profile_async(profile, self._handle)
             for name, (_, _, hi) in self.profiles[profile].shapes.items():
                 self._context.set_input_shape(name, hi)
             for spec in self.outputs:  # output size at the profile's max input shapes
@@ -168,7 +169,7 @@ class TensorRTBackend(Backend):
                                       for n, s in sizes.items()}
             self._profile = None
         if self._profile != profile:
-            self._context.set_optimization_profile_async(profile, self._stream)
+            self._context.set_optimization_profile_async(profile, self._handle)
             for name, ptr in self._buffers[profile].items():
                 self._context.set_tensor_address(name, ptr)
             self._profile = profile
@@ -185,12 +186,12 @@ class TensorRTBackend(Backend):
             return
         if not self._cuda_graph or key not in self._seen:
             self._seen.add(key)
-            if not self._context.execute_async_v3(self._stream):
+            if not self._context.execute_async_v3(self._handle):
                 raise BackendError(f"TensorRT execute_async_v3 failed for stage {self.stage!r} at {dict(shapes)}")
             return
         engines.cuda_check(cudart.cudaStreamBeginCapture(
             self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture")
-        ok = self._context.execute_async_v3(self._stream)
+        ok = self._context.execute_async_v3(self._handle)
         g = engines.cuda_check(cudart.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
         if not ok:
             cudart.cudaGraphDestroy(g)
