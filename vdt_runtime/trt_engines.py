@@ -20,7 +20,8 @@ from vdt_runtime.bundle import Bundle, Stage, sha256_file
 from vdt_runtime.errors import BackendError, InputError
 
 PRECISIONS = ("fp32", "fp16")  # fp16: built from the bundle's fp16 ONNX (vdt-export fp16), strongly typed
-HARDWARE_COMPAT = {"none": 0, "ampere+": 80, "same-cc": None}  # level -> lowest compute capability ×10 it runs on
+HARDWARE_COMPAT = ("none", "ampere+", "same-cc")  # none: this GPU model only; same-cc: GPUs of its compute capability
+AMPERE_CC = 80  # ampere+: compute capability ≥ 8.0
 META_VERSION = 1
 NUMERIC_FLAGS = ("strongly_typed", "tf32")
 
@@ -126,7 +127,7 @@ class Device:
 
 @dataclass(frozen=True)
 class BuildSpec:
-    """Everything that determines an engine, except the machine (see `EngineMeta`)."""
+    """Everything that determines an engine except the machine (`Device`); `meta` + `key` add the machine."""
 
     bundle: str
     stage: str
@@ -168,7 +169,7 @@ class BuildSpec:
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
     def plan_path(self, cache_dir: Path, device: Device) -> Path:
-        return Path(cache_dir) / f"{self.bundle}.{self.stage}.{self.precision}.{self.key(device)}.plan"
+        return Path(cache_dir) / f"{_safe(self.bundle)}.{self.stage}.{self.precision}.{self.key(device)}.plan"
 
 
 def check_workspace(gb) -> float:
@@ -204,7 +205,7 @@ def why_unusable(meta: dict, spec: BuildSpec, device: Device) -> list[str]:
                        f"(cc {_cc(device.compute_capability)})")
     elif level == "same-cc" and built_cc != device.compute_capability:
         reasons.append(f"GPU: same-cc engine built for cc {_cc(built_cc)}, this GPU is cc {_cc(device.compute_capability)}")
-    elif level == "ampere+" and device.cc < HARDWARE_COMPAT["ampere+"]:
+    elif level == "ampere+" and device.cc < AMPERE_CC:
         reasons.append(f"GPU: ampere+ engine needs compute capability ≥ 8.0, this is {_cc(device.compute_capability)}")
     return reasons
 
@@ -242,7 +243,7 @@ def find_engine(cache_dir: Path, spec: BuildSpec, device: Device) -> tuple[Path 
     same bundle, stage and precision — and, when none, why each candidate was rejected."""
     cache_dir = Path(cache_dir)
     exact = spec.plan_path(cache_dir, device)
-    candidates = [exact] + sorted(p for p in cache_dir.glob(f"{spec.bundle}.{spec.stage}.{spec.precision}.*.plan")
+    candidates = [exact] + sorted(p for p in cache_dir.glob(f"{_safe(spec.bundle)}.{spec.stage}.{spec.precision}.*.plan")
                                   if p != exact)
     rejected = []
     for plan in candidates:
@@ -376,8 +377,12 @@ def build_engine(onnx_path: Path, spec: BuildSpec, *, timing_cache: Path | None 
 
 def timing_cache_path(cache_dir: Path, device: Device) -> Path:
     """One timing cache per GPU model and TensorRT version, shared by every build there."""
-    safe = "".join(c if c.isalnum() else "-" for c in device.name)
-    return Path(cache_dir) / f"timing.{safe}.sm{device.cc}.trt{device.tensorrt}.cache"
+    return Path(cache_dir) / f"timing.{_safe(device.name)}.sm{device.cc}.trt{device.tensorrt}.cache"
+
+
+def _safe(name: str) -> str:
+    """`name` with every character but letters, digits, '-' and '_' replaced by '-' (a file name part)."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
 
 def ensure_engine(bundle: Bundle, spec: BuildSpec, device: Device, cache_dir: Path, *, build: bool = True,
