@@ -6,6 +6,7 @@ Each check runs what this machine can run and records SKIP with the reason other
   cupy       every sampler on CuPy arrays vs NumPy, same noise, same stand-in denoiser
   buffers    cuda.bindings: allocate, copy host→device→host on one stream, compare
   torch      torch-CUDA eager VDT-S/2 per call: fp32, fp16 autocast, and the fp16 export policy (B=1, T=16)
+  ort_cuda   onnxruntime CUDAExecutionProvider on the same call, where this onnxruntime has it
   tensorrt   engines fp32/fp16 built from the bundle, TRT vs onnxruntime parity, per-call (± CUDA graph) and
              per-video (predict, DDPM 50) timings
 Results: one line per measurement on stdout and in --out (JSON lines).
@@ -186,6 +187,26 @@ def torch_reference(_):
 
 
 @guarded
+def ort_cuda(bundle: Path):
+    """onnxruntime's CUDA provider on the same denoiser call, for the "TensorRT FP16 ≥ 1.3× ORT CUDA" target."""
+    import onnxruntime as ort
+
+    from vdt_runtime.backends import open_backend
+    from vdt_runtime.bundle import Bundle
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise Skip(f"onnxruntime {ort.__version__} offers no CUDAExecutionProvider")
+    rng = np.random.default_rng(0)
+    feed = {"latents": rng.standard_normal((1, 16, 4, 32, 32), dtype=np.float32),
+            "timestep": np.array([500.0], np.float32)}
+    for precision in ("fp32", "fp16"):
+        be = open_backend(Bundle.load(bundle), "denoiser", "cuda", precision)
+        record("ort_cuda", status="OK", what=f"denoiser {precision}", providers=be.providers,
+               **timed(lambda: be.run(feed)))
+        be.close()
+
+
+@guarded
 def tensorrt(bundle: Path):
     import tensorrt  # noqa: F401 - SKIP here when TensorRT is not installed
 
@@ -235,6 +256,7 @@ def main(argv=None) -> int:
         buffers(None)
         torch_reference(None)
         if bundle is not None:
+            ort_cuda(bundle)
             tensorrt(bundle)
     args.out.write_text("".join(json.dumps(r) + "\n" for r in RESULTS))
     print(f"wrote {args.out}")
