@@ -24,6 +24,7 @@ BACKENDS = {
     "cuda": "vdt_runtime.backends.ort",
     "ort-tensorrt": "vdt_runtime.backends.ort",
     "tensorrt": "vdt_runtime.backends.tensorrt",  # native engines (needs tensorrt, cuda-python and a GPU)
+    "openvino": "vdt_runtime.backends.openvino",
 }
 CHOICES = ("auto", *BACKENDS)
 # backend="auto": candidates (backend, precision) best first; only lossless precisions (never int8 or fp16
@@ -87,6 +88,10 @@ def plan(bundle: Bundle, backend: str = "auto", precision: str | None = None,
 
 
 def _plan(bundle, backend, precision, options, can) -> Plan:
+    missing = [s for s, ps in can.items() if not ps]
+    if missing:
+        raise InputError(f"backend {backend!r} cannot run stage(s) {', '.join(missing)} of this bundle "
+                         f"(files: {', '.join(f'{s}: {list(bundle.precisions(s))}' for s in missing)})")
     merged = check_options(backend, options, _module(backend).OPTIONS)
     return Plan(backend, {s: precision if precision in ps else ps[0] for s, ps in can.items()}, merged)
 
