@@ -148,3 +148,18 @@ def test_no_warning_when_asked_precision_runs(bundle):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         open_backend(bundle, "vae_encoder", "openvino", "fp32")
+
+
+def test_auto_takes_openvino_for_its_options_or_a_precision_only_it_runs(tiny_bundle):
+    with Pipeline.load(tiny_bundle, options={"device": "CPU", "threads": 1}) as pipe:
+        assert pipe.backend == "openvino" and pipe.chosen == "auto chose 'openvino' at fp32: " \
+            "the fastest lossless choice measured for this kind of machine"
+    if BF16:
+        with Pipeline.load(tiny_bundle, precision="bf16", options={"threads": 1}) as pipe:
+            assert pipe.backend == "openvino" and pipe.backends["denoiser"].precision == "bf16"
+            assert pipe.chosen == "auto chose 'openvino' at bf16: asked for"
+
+
+def test_auto_never_picks_a_lossy_precision_by_itself(tiny_bundle):
+    with Pipeline.load(tiny_bundle, options={"threads": 1}) as pipe:
+        assert {b.precision for b in pipe.backends.values()} == {"fp32"}
