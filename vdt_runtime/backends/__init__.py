@@ -32,9 +32,9 @@ CHOICES = ("auto", *BACKENDS)
 # best providers ("ort-auto": TensorRT, CUDA, CPU, whichever load, quietly; internal, not a choice users name).
 # Lossless, by the rule in benchmarks/eval_physics.py --compare: on the default eval the paired difference against
 # fp32 is not significantly worse (2 s.e.) in position error or PSNR. bf16 fails it on the default model
-# (PSNR -0.014 ± 0.006 dB over the default eval's 64 clips, BENCHMARKS.md §6), so auto never picks bf16; int8
-# and fp16 are never lossless. On the CPU, onnxruntime's fused fp32 graph and OpenVINO fp32 are within noise of each other (§6);
-# onnxruntime comes first (it is always installed), OpenVINO when the options are OpenVINO's (e.g. device).
+# (PSNR -0.014 ± 0.006 dB over the default eval's 64 clips, BENCHMARKS.md §7), so auto never picks bf16; int8
+# and fp16 are never lossless. On the CPU, onnxruntime's fused fp32 graph and OpenVINO fp32 are within noise of
+# each other (§7); onnxruntime comes first (it is always installed), OpenVINO when the options are OpenVINO's.
 _AUTO_GPU = (("ort-auto", "fp32"),)
 _AUTO_CPU = (("cpu", "fp32"), ("openvino", "fp32"))
 
