@@ -19,21 +19,44 @@ if str(ROOT) not in sys.path:
 COLUMNS = ("what", "device", "providers", "precision", "denoiser graph", "batch", "frames", "steps", "time", "ratio vs torch")
 
 
-def machine() -> str:
-    """One line: CPU model, cores, date (UTC), library versions."""
-    model = platform.processor() or platform.machine()
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")  # the ones that matter here
+
+
+def cpu() -> str:
+    """`lscpu`: model name, family, model, and which of CPU_FLAGS the CPU has (e.g. avx512_bf16, amx_bf16)."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), model)
     except OSError:
-        pass
+        return platform.processor() or platform.machine()
+    info = {ln.split(":", 1)[0].strip(): ln.split(":", 1)[1].strip() for ln in out.splitlines() if ":" in ln}
+    flags = set(info.get("Flags", "").split())
+    have = [f for f in CPU_FLAGS if f in flags]
+    return (f"{info.get('Model name', platform.machine())} (family {info.get('CPU family', '?')}, model "
+            f"{info.get('Model', '?')}; flags: {', '.join(have) or 'none of ' + ', '.join(CPU_FLAGS)}; "
+            f"no {', '.join(f for f in CPU_FLAGS if f not in flags) or '-'})")
+
+
+def load() -> str:
+    """The load average (1, 5, 15 min) against the core count: how contended the machine was."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} cores"
+
+
+def machine() -> str:
+    """One line: CPU (model, family, flags), cores, date (UTC), load, library versions."""
+    import importlib.metadata
+
     import numpy
     import onnxruntime
 
     versions = f"numpy {numpy.__version__}, onnxruntime {onnxruntime.__version__}"
+    try:
+        versions += f", openvino {importlib.metadata.version('openvino')}"
+    except importlib.metadata.PackageNotFoundError:
+        versions += ", openvino not installed"
     if "torch" in sys.modules:
         versions += f", torch {sys.modules['torch'].__version__} ({sys.modules['torch'].get_num_threads()} threads)"
-    return (f"{model}, {os.cpu_count()} cores · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · "
+    return (f"{cpu()}, {os.cpu_count()} cores · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {load()} · "
             f"Python {platform.python_version()}, {versions}")
 
 
@@ -77,9 +100,10 @@ def table(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
 
 
 def random_bundle(out_dir: Path, config, vae_config: dict, *, diffusion: dict | None = None, seed: int = 0,
-                  scale_factor: float = 0.18215, int8: bool = True):
+                  scale_factor: float = 0.18215, int8: bool = True, reuse: bool = False):
     """Export a bundle of a randomised VDT (`config`) + VAE (`vae_config`) to out_dir, plus its INT8 denoiser.
-    Returns (vdt, vae) — the torch modules holding the very same weights."""
+    Returns (vdt, vae) — the torch modules holding the very same weights. With `reuse`, a bundle already in
+    out_dir is kept (the same config and seed give the same weights) and only the modules are rebuilt."""
     from vdt_export.bundle import export_bundle
     from vdt_export.checkpoint import randomize_
     from vdt_export.models import VDT
@@ -88,6 +112,8 @@ def random_bundle(out_dir: Path, config, vae_config: dict, *, diffusion: dict | 
 
     vdt = randomize_(VDT(config), seed=seed).eval()
     vae = randomize_(build_vae(vae_config), seed=seed + 1).eval()
+    if reuse and (out_dir / "manifest.json").is_file():
+        return vdt, vae
     export_bundle(vdt, vae, out_dir, name=out_dir.name, image_size=config.input_size * downsample_factor(vae),
                   scale_factor=scale_factor, diffusion=diffusion, training={"source": "random-init", "seed": seed})
     if int8:

@@ -2,6 +2,13 @@
 
     python benchmarks/eval_physics.py --bundle engines/default --clips 64 --steps 50 --sampler ddpm
     python benchmarks/eval_physics.py --clips 128 --steps 50 --readme    # rewrites README.md's default-model block
+    python benchmarks/eval_physics.py --clips 128 --compare cpu:fp32 openvino:fp32 openvino:bf16 cpu:int8
+
+With --compare, each BACKEND:PRECISION runs the same clips with the same seeds and the table gives its paired
+difference against the first (the reference). Sampling is stochastic, so any rounding change sends a clip down
+another trajectory: the reference's own backend at another rounding (e.g. openvino:fp32 against cpu:fp32) shows
+the size of that noise. A precision counts as lossless when its paired position-error difference is not
+significantly positive (mean − 2·s.e. ≤ 0) and its PSNR difference not significantly negative.
 
 8 given frames → 8 generated. Metrics per clip: PSNR over the generated frames, and the ball-position
 error (centre of mass of non-background pixels, px) averaged over generated frames, at +1 and at +8.
@@ -135,6 +142,28 @@ def readme_block(res: dict, clips: int, run: str, command: str) -> str:
     return "\n".join(lines)
 
 
+def compare(specs: list[str], args) -> None:
+    """Each BACKEND:PRECISION on the same clips and seeds; prints a markdown table row by row (paired
+    differences against the first spec) as each finishes."""
+    print("| backend | precision (denoiser) | runs on | graph | PSNR dB | pos err px | at +8 | frames without a ball "
+          "| PSNR minus first | pos err minus first | lossless vs first | seconds |\n" + "|" + "---|" * 12, flush=True)
+    ref = None
+    for spec in specs:
+        backend, _, precision = spec.partition(":")
+        with Pipeline.load(args.bundle, backend=backend, precision=precision or None) as pipe:
+            res = evaluate(pipe, args.clips, args.steps, args.sampler, args.seed)
+            den = pipe.backends["denoiser"]
+        m = res["arrays"]["model"]
+        ref = m if ref is None else ref
+        d_pos, d_psnr = m["pos"] - ref["pos"], m["psnr"] - ref["psnr"]
+        se_pos, se_psnr = (d.std(ddof=1) / np.sqrt(len(d)) for d in (d_pos, d_psnr))
+        ok = d_pos.mean() - 2 * se_pos <= 0 and d_psnr.mean() + 2 * se_psnr >= 0
+        print(f"| {backend} | {den.precision} | {', '.join(den.providers)} | {den.graph} | {m['psnr'].mean():.2f} | "
+              f"{m['pos'].mean():.3f} | {m['pos+8'].mean():.2f} | {res['missing']['model']} | "
+              f"{d_psnr.mean():+.3f} ± {se_psnr:.3f} | {d_pos.mean():+.4f} ± {se_pos:.4f} | {'yes' if ok else 'NO'} | "
+              f"{res['seconds']:.0f} |", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="engines/default")
@@ -150,7 +179,14 @@ def main(argv=None):
     ap.add_argument("--json", type=Path, default=None, help="also write the per-predictor means here")
     ap.add_argument("--readme", type=Path, nargs="?", const=ROOT / "README.md", default=None,
                     help="write the default-model block (between its markers) of this README (default README.md)")
+    ap.add_argument("--compare", nargs="+", metavar="BACKEND:PRECISION",
+                    help="evaluate each on the same clips and seeds; paired differences against the first")
     args = ap.parse_args(argv)
+    if args.compare:
+        print(f"bundle {args.bundle} · {args.clips} held-out clips · {args.sampler} {args.steps} steps · seeds "
+              f"{args.seed}..{args.seed + args.clips - 1}")
+        compare(args.compare, args)
+        return
     pipe = Pipeline.load(args.bundle, backend=args.backend, precision=args.precision)
     res = evaluate(pipe, args.clips, args.steps, args.sampler, args.seed)
     den = pipe.backends["denoiser"]

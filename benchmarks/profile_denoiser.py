@@ -1,10 +1,13 @@
-"""Where one denoiser call spends its time: onnxruntime's per-operator kernel times, for each graph of a bundle.
+"""Where one denoiser call spends its time: per-operator kernel times, for each graph of a bundle and runtime.
 
     python benchmarks/profile_denoiser.py --bundle engines/default
     python benchmarks/profile_denoiser.py --vdt-s2          # a random VDT-S/2, 16 frames, 32×32×4 latents
 
 Graphs: the standard denoiser (`files["fp32"]`), the onnxruntime-fused one (`fused["fp32"]`) and int8 when the
-bundle has them. Batch 1, T = the declared opt, CPUExecutionProvider; the last of 3 runs is reported.
+bundle has them, on CPUExecutionProvider; then, when openvino is installed, the standard graph in OpenVINO at
+each precision this CPU runs (fp32, bf16, int8 weight compression), with the kernel OpenVINO chose for the
+heaviest operators (its exec type names the ISA and precision, e.g. brgemm_avx512_bf16). Batch 1, T = the
+declared opt; the last of 3 runs is reported.
 """
 from __future__ import annotations
 
@@ -47,6 +50,35 @@ def profile(path: Path, feeds: dict, runs: int = 3) -> tuple[float, collections.
     return last["dur"] / 1e3, ops, session.get_providers()
 
 
+def profile_openvino(bundle: Path, precision: str, feeds: dict, runs: int = 3) -> tuple[float, collections.Counter, list[str], str]:
+    """(last run ms, op type -> ms, devices, the heaviest operators' kernels) for the bundle's standard denoiser."""
+    import time
+
+    import openvino as ov
+
+    from vdt_runtime.backends import openvino as ov_backend
+    from vdt_runtime.bundle import Bundle
+
+    model = ov.Core().read_model(str(Bundle.load(bundle).file_path("denoiser", "fp32")))
+    if precision == "int8":
+        ov_backend.compress_weights(model)
+    hint = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[precision]
+    compiled = ov.Core().compile_model(model, "CPU", {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": hint})
+    request = compiled.create_infer_request()
+    for _ in range(runs):
+        start = time.perf_counter()
+        request.infer(list(feeds.values()))
+        ms = (time.perf_counter() - start) * 1e3
+    ops: collections.Counter = collections.Counter()
+    kernels: collections.Counter = collections.Counter()
+    for info in request.get_profiling_info():
+        t = info.real_time.total_seconds() * 1e3
+        ops[info.node_type] += t
+        kernels[f"{info.node_type}:{info.exec_type}"] += t
+    top = ", ".join(k for k, _ in kernels.most_common(3))
+    return ms, ops, [f"OpenVINO:{d}" for d in compiled.get_property("EXECUTION_DEVICES")], top
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=ROOT / "engines" / "default")
@@ -76,6 +108,17 @@ def main(argv=None):
             top = ", ".join(f"{op} {t:.1f} ({100 * t / kernels:.0f} %)" for op, t in ops.most_common(TOP))
             rows.append({"graph": f"{label} ({fname})", "providers": ", ".join(providers),
                          "call ms": f"{ms:.1f}", "kernels ms": f"{kernels:.1f}", "top operators, ms": top})
+        from vdt_runtime.backends import available, runnable
+        from vdt_runtime.bundle import Bundle
+
+        if available("openvino") is None:
+            for precision in runnable(Bundle.load(bundle), "openvino")["denoiser"]:
+                ms, ops, providers, kinds = profile_openvino(bundle, precision, feeds)
+                kernels = sum(ops.values())
+                top = ", ".join(f"{op} {t:.1f} ({100 * t / kernels:.0f} %)" for op, t in ops.most_common(TOP))
+                rows.append({"graph": f"OpenVINO {precision} ({stage['files']['fp32']}; kernels: {kinds})",
+                             "providers": ", ".join(providers), "call ms": f"{ms:.1f}",
+                             "kernels ms": f"{kernels:.1f}", "top operators, ms": top})
     print(f"{machine()}\nbundle: {'random VDT-S/2' if args.vdt_s2 else bundle} · latents {shape}\n")
     print(table(rows, ("graph", "providers", "call ms", "kernels ms", "top operators, ms")))
 

@@ -136,7 +136,7 @@ def test_invalid_input_refused_before_any_backend_call(pipe, clip, monkeypatch, 
         call(pipe, clip)
 
 
-@pytest.mark.parametrize("kw,match", [({"backend": "metal"}, "metal"), ({"precision": "int8"}, "int8"),
+@pytest.mark.parametrize("kw,match", [({"backend": "metal"}, "metal"), ({"precision": "fp16"}, "fp16"),
                                       ({"options": {"threads": 0}}, "threads"),
                                       ({"options": {"graph_optimization": "x"}}, "'x'"),
                                       ({"threads": 1}, "threads")])  # the old keywords are gone
