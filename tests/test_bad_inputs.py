@@ -83,6 +83,71 @@ def _garbage_fused_denoiser(m: dict, folder: Path) -> None:
     _garbage_denoiser(m, folder, m["stages"]["denoiser"]["fused"]["fp32"])
 
 
+def _symlink_out(m: dict, folder: Path) -> None:
+    outside = folder.parent / "elsewhere.onnx"
+    shutil.move(folder / "vae_decoder.onnx", outside)
+    (folder / "vae_decoder.onnx").symlink_to(outside)
+
+
+def _external_unlisted(m: dict, folder: Path, location: str = "weights.data") -> None:
+    """The denoiser's weights moved to an external data file at `location`, which the manifest does not list."""
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(folder / "denoiser.onnx"))
+    onnx.save_model(model, str(folder / "denoiser.onnx"), save_as_external_data=True, location="weights.data",
+                    size_threshold=0)
+    if location != "weights.data":  # rewrite the recorded location (what a hostile bundle would do)
+        model = onnx.load(str(folder / "denoiser.onnx"), load_external_data=False)
+        for init in model.graph.initializer:
+            for entry in init.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        onnx.save_model(model, str(folder / "denoiser.onnx"))
+    _relist(m, folder, "denoiser.onnx")
+
+
+def _eight_channels(m: dict, folder: Path) -> None:
+    """A manifest consistent in itself (8 latent channels everywhere) that the graphs (4 channels) contradict."""
+    m["model"]["in_channels"] = m["vae"]["latent_channels"] = 8
+    stages = m["stages"]
+    stages["denoiser"]["inputs"][0]["shape"][2] = 8
+    stages["denoiser"]["outputs"][0]["shape"][2] = 16
+    stages["vae_encoder"]["outputs"][0]["shape"][1] = stages["vae_decoder"]["inputs"][0]["shape"][1] = 8
+
+
+def _downsample_four(m: dict, folder: Path) -> None:
+    """vae.downsample 4 (image 32) in a manifest consistent in itself; the VAE graphs state 2."""
+    m["vae"]["downsample"], m["image_size"] = 4, 32
+    for stage in ("vae_encoder", "vae_decoder"):
+        for axis in ("height", "width"):
+            m["stages"][stage]["dynamic_axes"].setdefault(axis, {"min": 4, "opt": 32, "max": 32}).update(max=32, opt=32)
+
+
+def _write_manifest_text(folder: Path, text: str) -> Path:
+    (folder / "manifest.json").write_text(text)
+    return folder
+
+
+def _folder_with(folder: Path, name: str) -> Path:
+    folder.mkdir()
+    (folder / name).write_text("mine")
+    return folder
+
+
+def _truncated_video(ctx: Ctx):
+    """An 8-frame mkv cut to 60 %: its header still states 8 frames; ffmpeg decodes fewer without an error."""
+    import imageio_ffmpeg
+
+    writer = imageio_ffmpeg.write_frames(str(ctx.tmp / "full.mkv"), (16, 16), fps=8, codec="libx264",
+                                         pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error")
+    writer.send(None)
+    for frame in ctx.clip:
+        writer.send(frame)
+    writer.close()
+    data = (ctx.tmp / "full.mkv").read_bytes()
+    cut = ctx.file("cut.mkv", data[: len(data) * 6 // 10])
+    return ctx.pipe.inpaint(cut, box=(0, 0, 8, 8), steps=1)
+
+
 def _tamper(path: Path) -> Path:
     target = path / "denoiser.onnx"
     data = bytearray(target.read_bytes())
@@ -197,6 +262,10 @@ CASES = [
          lambda c: c.predict(c.file("junk.mp4", b"not a video" * 50))),
     Case("video-missing-file", "InputError", ("nope.mp4", "does not exist"),
          lambda c: c.predict(c.tmp / "nope.mp4")),
+    Case("video-wrong-size", "InputError", ("big.gif", "is 32x32 pixels", "takes 16x16"),
+         lambda c: c.predict(write_video(c.tmp / "big.gif", np.zeros((3, 32, 32, 3), np.uint8)))),
+    Case("video-truncated", "InputError", ("cut.mkv", "truncated or corrupt", "decoded", "header states"),
+         _truncated_video),
     Case("video-unknown-extension", "InputError", ("'.avi'", ".mp4, .webm"),
          lambda c: c.predict(c.file("clip.avi", b"RIFF"))),
     Case("video-shorter-than-cond", "InputError", ("cond=4", "needs 4 input frame(s)", "got 2"),
@@ -241,6 +310,7 @@ CASES = [
     Case("unknown-sampler", "InputError", ("'euler'", "ddpm, ddim, dpmpp"), lambda c: c.predict(sampler="euler")),
     Case("eta-with-ddpm", "InputError", ("eta=0.3", "'ddim'", "'dpmpp'", "'ddpm'"), lambda c: c.predict(eta=0.3)),
     Case("eta-negative", "InputError", ("eta", ">= 0", "-1"), lambda c: c.predict(sampler="ddim", eta=-1.0)),
+    Case("eta-nan", "InputError", ("eta", "finite", "nan"), lambda c: c.predict(sampler="dpmpp", eta=float("nan"))),
     Case("unknown-task", "InputError", ("'zoom'", "predict, backward"),
          lambda c: c.pipe.run(c.clip, task="zoom", total=4, steps=1)),
     Case("seed-negative", "InputError", ("seed", "0..2**63-1", "-1"), lambda c: c.predict(seed=-1)),
@@ -253,18 +323,30 @@ CASES = [
          lambda c: Pipeline.load(c.bundle, backend=["cpu"])),
     Case("unknown-precision", "InputError", ("'int4'", "fp32, fp16, bf16, int8"),
          lambda c: Pipeline.load(c.bundle, precision="int4")),
-    Case("threads-zero", "InputError", ("threads", "positive integer", "got 0"),
+    Case("threads-zero", "InputError", ("threads", "1..256", "got 0"),
          lambda c: Pipeline.load(c.bundle, backend="cpu", options={"threads": 0})),
     Case("precision-backend-cannot-run", "InputError", ("backend 'cpu'", "precision 'fp16'", "it runs: fp32"),
          lambda c: Pipeline.load(c.bundle, backend="cpu", precision="fp16")),
     Case("option-unknown", "InputError", ("'cpu'", "'cache_dir'", "threads, graph_optimization, spinning, fused"),
          lambda c: Pipeline.load(c.bundle, backend="cpu", options={"cache_dir": "/tmp"})),
+    Case("threads-huge", "InputError", ("threads", "1..256", "got 100000"),
+         lambda c: Pipeline.load(c.bundle, backend="cpu", options={"threads": 100000})),
     # --- outputs -------------------------------------------------------------------------------------
     Case("output-folder-missing", "InputError", ("nodir", "does not exist"),
          lambda c: write_video(c.tmp / "nodir" / "out.mp4", c.clip)),
     Case("output-folder-not-writable", "InputError", ("not writable",),
          lambda c: write_video(_unwritable_folder(c.tmp) / "out.gif", c.clip)),
-    Case("output-unknown-extension", "InputError", ("'.avi'", ".mp4, .gif"),
+    Case("output-folder-holds-other-files", "InputError", ("mine", "'notes.txt'", "did not write", "new or empty"),
+         lambda c: write_video(_folder_with(c.tmp / "mine", "notes.txt"), c.clip)),
+    Case("output-file-over-folder", "InputError", ("out.gif", "exists and is a folder", "regular file"),
+         lambda c: write_video(_folder_with(c.tmp / "out.gif", "x"), c.clip)),
+    Case("output-is-input", "InputError", ("in.gif", "is the input", "never overwrites"),
+         lambda c: write_video(c.tmp / "in.gif", c.clip, protect={"input": c.tmp / "in.gif"})),
+    Case("output-inside-bundle", "InputError", ("lies inside the bundle",),
+         lambda c: write_video(c.bundle / "out.mp4", c.clip, protect={"bundle": c.bundle})),
+    Case("output-fps-zero", "InputError", ("fps", "(0, 1000]", "got 0"),
+         lambda c: write_video(c.tmp / "out.gif", c.clip, fps=0)),
+    Case("output-unknown-extension", "InputError", ("'.avi'", ".mp4, .webm, .gif"),
          lambda c: write_video(c.tmp / "out.avi", c.clip)),
     Case("output-frames-not-uint8", "InputError", ("uint8 [T, H, W, 3]", "float64"),
          lambda c: write_video(c.tmp / "out.gif", c.clip / 255.0)),
@@ -291,10 +373,37 @@ CASES = [
                                                     "manifest declares", "('latents', 'float32')"),
          lambda c: Pipeline.load(c.bundle_copy(_swap_denoiser_for_encoder), backend="cpu",
                                options={"fused": False})),
-    Case("bundle-onnx-unreadable", "BackendError", ("could not load", "denoiser.onnx"),
-         lambda c: Pipeline.load(c.bundle_copy(_garbage_denoiser), backend="cpu", options={"fused": False})),
-    Case("bundle-fused-unreadable", "BackendError", ("could not load", "denoiser.fused.onnx"),
-         lambda c: Pipeline.load(c.bundle_copy(_garbage_fused_denoiser), backend="cpu")),
+    Case("bundle-onnx-unreadable", "BundleError", ("denoiser.onnx", "not a readable ONNX model"),
+         lambda c: Bundle.load(c.bundle_copy(_garbage_denoiser))),
+    Case("bundle-fused-unreadable", "BundleError", ("denoiser.fused.onnx", "not a readable ONNX model"),
+         lambda c: Bundle.load(c.bundle_copy(_garbage_fused_denoiser))),
+    Case("bundle-symlink-out", "BundleError", ("'vae_decoder.onnx'", "outside the bundle folder", "symlinks"),
+         lambda c: Bundle.load(c.bundle_copy(_symlink_out))),
+    Case("bundle-external-data-unlisted", "BundleError", ("denoiser.onnx", "'weights.data'", "do not list"),
+         lambda c: Bundle.load(c.bundle_copy(_external_unlisted))),
+    Case("bundle-external-data-outside", "BundleError", ("denoiser.onnx", "'../weights.data'", "outside the bundle"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: _external_unlisted(m, p, "../weights.data")))),
+    Case("bundle-batch-max-string", "BundleError", ("max must be an integer", "1..65536", "'16'"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["stages"]["denoiser"]["dynamic_axes"]["batch"].update(
+             max="16")))),
+    Case("bundle-batch-max-negative", "BundleError", ("max must be an integer", "got -1"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["stages"]["vae_decoder"]["dynamic_axes"]["batch"].update(
+             max=-1)))),
+    Case("bundle-timesteps-string", "BundleError", ("diffusion.num_timesteps", "integer in 2..100000", "'1000'"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["diffusion"].update(num_timesteps="1000")))),
+    Case("bundle-frames-axis-above-model", "BundleError", ("dynamic_axes.frames.max is 16", "model.max_frames is 8"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["stages"]["denoiser"]["dynamic_axes"]["frames"].update(
+             max=16)))),
+    Case("bundle-channels-differ-from-graph", "BundleError", ("'latents' dim 2 is 4", "the manifest says 8"),
+         lambda c: Bundle.load(c.bundle_copy(_eight_channels))),
+    Case("bundle-downsample-differs-from-graph", "BundleError", ("'2*latent_height'", "vae.downsample is 4"),
+         lambda c: Bundle.load(c.bundle_copy(_downsample_four))),
+    Case("bundle-manifest-too-large", "BundleError", ("manifest.json", "larger than 1048576 bytes"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: m.update(padding="x" * (1 << 20))))),
+    Case("bundle-manifest-deeply-nested", "BundleError", ("manifest.json", "nests JSON too deeply"),
+         lambda c: Bundle.load(_write_manifest_text(c.bundle_copy(), "[" * 100_000 + "]" * 100_000))),
+    Case("bundle-huge-value-cut", "BundleError", ("format is 'xxxx", "(100002 characters)"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: m.update(format="x" * 100_000)))),
     Case("bundle-fused-unknown-precision", "BundleError", ("stages.denoiser.fused", "'fp16'", "['fp32']"),
          lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["stages"]["denoiser"]["fused"].update(fp16="x.onnx")))),
     Case("fused-not-bool", "InputError", ("fused", "True or False", "'yes'"),

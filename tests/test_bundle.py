@@ -136,3 +136,107 @@ def test_installed_bundles_load_by_name(tmp_path, monkeypatch):
         Bundle.load("nope")
     with pytest.raises(BundleError, match="does not exist"):
         Bundle.load("sub/default")  # a path is never looked up by name
+
+
+def test_external_data_shared_by_two_graphs_is_listed_once_and_verified(bundle_copy):
+    """The exporter puts both denoiser graphs' weights in one denoiser.data: listed once, hashed by verify."""
+    from vdt_runtime._onnx_graph import read_graph_info
+
+    files = json.loads((bundle_copy / "manifest.json").read_text())["files"]
+    for graph in ("denoiser.onnx", "denoiser.fused.onnx"):
+        assert read_graph_info(bundle_copy / graph).external == {"denoiser.data"}
+    assert "denoiser.data" in files
+    b = Bundle.load(bundle_copy, verify=True)
+    data = bytearray((bundle_copy / "denoiser.data").read_bytes())
+    data[10] ^= 0xFF  # the weights change, the graphs do not
+    (bundle_copy / "denoiser.data").write_bytes(bytes(data))
+    Bundle.load(bundle_copy)  # sizes match: only verify can tell
+    with pytest.raises(BundleError, match="'denoiser.data' fails its hash check"):
+        b.verify()
+
+
+def test_unlisted_external_data_is_refused_even_without_verify(bundle_copy):
+    edit_manifest(bundle_copy, lambda m: m["files"].pop("denoiser.data"))
+    with pytest.raises(BundleError, match="'denoiser.data'.*do not list"):
+        Bundle.load(bundle_copy)
+
+
+def test_symlink_inside_the_bundle_is_fine(bundle_copy):
+    (bundle_copy / "real").mkdir()
+    shutil.move(bundle_copy / "vae_decoder.onnx", bundle_copy / "real" / "vae_decoder.onnx")
+    (bundle_copy / "vae_decoder.onnx").symlink_to(Path("real") / "vae_decoder.onnx")
+    Bundle.load(bundle_copy, verify=True)
+
+
+def test_newer_optional_fields_and_precisions_are_accepted(bundle_copy):
+    """What other tools add must not break loading: unknown keys anywhere, fp16 / int8 files, a sampler hint."""
+    import shutil as sh
+
+    sh.copyfile(bundle_copy / "denoiser.onnx", bundle_copy / "denoiser.int8.onnx")
+
+    def edit(m):
+        m["recommended"] = {"sampler": "ddim", "steps": 20}
+        m["extensions"] = {"someone.else": [1, 2, 3]}
+        m["model"]["future_field"] = "x"
+        m["stages"]["denoiser"]["files"]["int8"] = "denoiser.int8.onnx"
+        m["stages"]["denoiser"]["engine_hint"] = {"any": "thing"}
+        m["files"]["denoiser.int8.onnx"] = {"sha256": sha256_file(bundle_copy / "denoiser.int8.onnx")}
+    edit_manifest(bundle_copy, edit)
+    b = Bundle.load(bundle_copy, verify=True)
+    assert b.precisions("denoiser") == ("fp32", "int8")
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m["model"].update(learn_sigma="true"), "learn_sigma must be true or false"),
+    (lambda m: m["vae"].update(scale_factor=-1), "scale_factor must be a finite number > 0, got -1"),
+    (lambda m: m["vae"].update(downsample=2.0), "vae.downsample must be an integer"),
+    (lambda m: m.update(image_size=True), "image_size must be an integer"),
+    (lambda m: m.update(precision="fp8"), "precision must be one of fp32, fp16, bf16, int8"),
+    (lambda m: m["stages"].update(text_encoder={}), "unknown stage"),
+    (lambda m: m["stages"]["denoiser"]["inputs"][0].update(shape=["batch", "frames", 4, 8, -8]), "-8"),
+    (lambda m: m["stages"]["denoiser"]["inputs"][0].update(dtype="complex128"), "dtype must be one of"),
+    (lambda m: m["stages"]["denoiser"]["inputs"].pop(), "lists 1 tensors"),
+    (lambda m: m["stages"]["denoiser"]["dynamic_axes"]["batch"].update(min=9, opt=1), "min <= opt <= max"),
+    (lambda m: m["stages"]["vae_decoder"]["dynamic_axes"].update(latent_height={"min": 1, "opt": 2, "max": 4}),
+     "must include model.input_size = 8"),
+    (lambda m: m["files"]["denoiser.onnx"].update(sha256="abc"), "64 hex digits"),
+    (lambda m: m["files"]["denoiser.onnx"].update(size="1"), "size must be an integer"),
+    (lambda m: m["model"].update(max_frames=4), "max_frames must be an integer in model.num_frames=8"),
+    (lambda m: m["model"].update(patch_size=3), "not a multiple of model.patch_size=3"),
+])
+def test_strict_schema(bundle_copy, edit, match):
+    edit_manifest(bundle_copy, edit)
+    with pytest.raises(BundleError, match=match):
+        Bundle.load(bundle_copy)
+
+
+def test_manifest_constants_are_refused(bundle_copy):
+    text = (bundle_copy / "manifest.json").read_text().replace('"scale_factor": 0.18215', '"scale_factor": NaN')
+    (bundle_copy / "manifest.json").write_text(text)
+    with pytest.raises(BundleError, match="NaN is not a number JSON allows"):
+        Bundle.load(bundle_copy)
+
+
+def test_manifest_that_is_a_device_or_huge_is_never_read_whole(tmp_path):
+    (tmp_path / "manifest.json").symlink_to("/dev/zero")
+    with pytest.raises(BundleError, match="no manifest.json"):  # not a regular file
+        Bundle.load(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    with open(tmp_path / "manifest.json", "wb") as f:
+        f.truncate(1 << 32)  # 4 GiB, sparse
+    with pytest.raises(BundleError, match="larger than 1048576 bytes"):
+        Bundle.load(tmp_path)
+
+
+def test_graph_states_its_max_frames_and_the_manifest_must_agree(bundle_copy):
+    """The frames axis bound is the one number a graph's dims cannot state; the exporter records it."""
+    from vdt_runtime._onnx_graph import read_graph_info
+
+    assert read_graph_info(bundle_copy / "denoiser.onnx").metadata["vdt.max_frames"] == "8"
+
+    def longer(m):
+        m["model"]["max_frames"] = 16
+        m["stages"]["denoiser"]["dynamic_axes"]["frames"]["max"] = 16
+    edit_manifest(bundle_copy, longer)
+    with pytest.raises(BundleError, match="denoiser.onnx states max_frames '8'.*model.max_frames is 16"):
+        Bundle.load(bundle_copy)

@@ -127,3 +127,66 @@ def test_run_prints_what_auto_chose(tiny_bundle, tmp_path, capsys):
     assert main(["run", "--task", "unconditional", "--bundle", str(tiny_bundle), "--out", str(tmp_path / "u.gif"),
                  "--steps", "1", "--total", "2", "--no-progress"]) == 0
     assert "chosen     auto chose '" in capsys.readouterr().out
+
+
+def _run(tiny_bundle, *args) -> list[str]:
+    return ["run", "--bundle", str(tiny_bundle), "--no-progress", "--steps", "1", "--backend", "cpu", *args]
+
+
+def test_out_never_destroys_user_files(tiny_bundle, clip_path, tmp_path, capsys):
+    """--out = --input, --out inside the bundle, --out a folder of someone's files: refused, nothing touched."""
+    clip = write_video(tmp_path / "clip.gif", read_video(clip_path))
+    before = clip.read_bytes()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    bundle_files = sorted(p.name for p in Path(tiny_bundle).iterdir())
+    for out, match in ((clip, "is the input"), (Path(tiny_bundle) / "x.gif", "lies inside the bundle"),
+                       (Path(tiny_bundle), "is the bundle"), (mine, "'notes.txt'"),
+                       (tmp_path, "contains the input")):
+        assert main(_run(tiny_bundle, "--task", "predict", "--input", str(clip), "--out", str(out))) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], err
+    for out, match in ((clip_path, "is the input"), (clip_path / "x.gif", "lies inside the input")):
+        assert main(_run(tiny_bundle, "--task", "predict", "--input", str(clip_path), "--out", str(out))) == 2
+        assert match in capsys.readouterr().err
+    assert clip.read_bytes() == before and (mine / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in Path(tiny_bundle).iterdir()) == bundle_files
+
+
+def test_png_folder_output_replaces_only_its_own_frames(tiny_bundle, clip_path, tmp_path):
+    out = tmp_path / "frames"
+    args = _run(tiny_bundle, "--task", "predict", "--input", str(clip_path), "--cond", "2", "--out", str(out))
+    assert main([*args, "--total", "5"]) == 0
+    assert main([*args, "--total", "3"]) == 0  # a folder of our frames: replaced whole
+    assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:05d}.png" for i in range(3)]
+
+
+@pytest.mark.parametrize("args", [
+    ["--task", "predict", "--input", "IN", "--out", "OUT/x.gif", "--fps", "0"],
+    ["--task", "predict", "--input", "IN", "--out", "OUT/x.gif", "--fps", "nan"],
+    ["--task", "predict", "--input", "IN", "--out", "OUT/x.gif", "--threads", "100000"],
+    ["--task", "predict", "--input", "IN", "--out", "OUT/x.gif", "--cond", "-5"],
+    ["--task", "predict", "--input", "OUT/junk.webm", "--out", "OUT/x.gif"],
+    ["--task", "predict", "--input", "OUT", "--out", "OUT/x.gif"],
+    ["--task", "predict", "--input", "/dev/null", "--out", "OUT/x.gif"],
+    ["--task", "predict", "--input", "IN", "--out", "/dev/null"],
+    ["--task", "predict", "--input", "IN", "--out", "OUT/" + "x" * 5000 + ".gif"],
+    ["--task", "inpaint", "--input", "IN", "--out", "OUT/x.gif", "--mask", "OUT/junk.npy"],
+    ["--task", "rollout", "--input", "IN", "--out", "OUT/x.gif", "--cond", "2", "--total", "99999999"],
+    ["--task", "predict", "--input", "IN", "--out", "OUT/x.gif", "--sampler", "ddim", "--eta", "inf"],
+    ["--task", "predict", "--input", "IN", "--out", "OUT/x.gif", "--precision", "x" * 10000],
+])
+def test_hostile_arguments_give_one_line_never_a_traceback(tiny_bundle, clip_path, tmp_path, capsys, args):
+    (tmp_path / "junk.webm").write_bytes(b"\x1aE\xdf\xa3" + b"\x00" * 100)
+    (tmp_path / "junk.npy").write_bytes(b"\x93NUMPY\x01\x00" + b"{" * 50)
+    args = [a.replace("IN", str(clip_path)).replace("OUT", str(tmp_path)) for a in args]
+    try:
+        status = main(_run(tiny_bundle, *args))
+    except SystemExit as e:  # argparse's own refusals (a --precision not among its choices)
+        status = e.code
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error: " in err[0] and len(err[0]) < 1100, err
+    assert "Traceback" not in err[0]
+    assert not (tmp_path / "x.gif").exists()

@@ -40,13 +40,19 @@ def test_verify_detects_a_tampered_file(tiny_bundle, tmp_path, capsys):
 
 
 def test_onnx_random_init_then_verify(tmp_path, capsys):
-    """Export past the trained length (T ≤ 3 from 2 trained frames) over an old bundle, then verify T = 1…3."""
+    """Export past the trained length (T ≤ 3 from 2 trained frames) over an old bundle, then verify T = 1…3.
+    A folder holding anything its manifest does not list is never replaced."""
     out = tmp_path / "smoke"
     out.mkdir()
-    (out / "stale.txt").write_text("old bundle")
+    (out / "stale.txt").write_text("not a bundle file")
     args = ["--random-init", "7", "--vae-config", "tiny"]
-    assert main(["onnx", *args, "--config", "VDT-tiny", "--image-size", "8", "--num-frames", "2",
-                 "--max-frames", "3", "--out", str(out)]) == 0
+    export = ["onnx", *args, "--config", "VDT-tiny", "--image-size", "8", "--num-frames", "2", "--max-frames", "3",
+              "--out", str(out)]
+    assert main(export) == 2
+    assert "'stale.txt'" in capsys.readouterr().err and (out / "stale.txt").read_text() == "not a bundle file"
+    (out / "stale.txt").unlink()
+    assert main(export) == 0  # into the empty folder
+    assert main(export) == 0  # over its own old bundle
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["name"] == "smoke" and manifest["model"]["input_size"] == 4
     assert (manifest["model"]["num_frames"], manifest["model"]["max_frames"]) == (2, 3)

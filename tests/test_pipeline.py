@@ -82,6 +82,50 @@ def test_rollout_beyond_max_frames(pipe, clip):
     assert result.timings["denoiser"] > 0
 
 
+def test_every_error_message_is_one_bounded_line():
+    from vdt_runtime.errors import BackendError, BundleError
+
+    for error in (InputError, BundleError, BackendError):
+        text = str(error("first line\nsecond line " + "v" * 100_000 + " allowed: a, b"))
+        assert "\n" not in text and len(text) <= 1000 and text.startswith("first line second line")
+        assert text.endswith("allowed: a, b")  # the head and the tail (what is allowed) survive
+
+
+def test_streamed_rollout_is_the_rollout_one_window_at_a_time(pipe, clip):
+    total = 3 * pipe.max_frames + 1
+    whole = pipe.rollout(clip, total=total, cond=3, window=6, steps=STEPS, seed=4)
+    stream = pipe.rollout_stream(clip, total=total, cond=3, window=6, steps=STEPS, seed=4, timings=True)
+    chunks = list(stream)
+    assert [len(c) for c in chunks] == [3] + [3] * 7 + [1]  # the context, then window - cond new frames each
+    assert np.concatenate(chunks).tobytes() == whole.frames.tobytes()
+    assert stream.timings["denoiser"] > 0
+
+
+def test_streamed_rollout_validates_before_the_first_frame(pipe, clip, monkeypatch):
+    for backend in pipe.backends.values():
+        monkeypatch.setattr(backend, "run", lambda inputs: (_ for _ in ()).throw(AssertionError("ran")))
+    with pytest.raises(InputError, match="cond"):
+        pipe.rollout_stream(clip, total=20, cond=0)  # raised at the call, not at the first next()
+
+
+@pytest.mark.parametrize("vae_slice", [1, 3, 64])
+def test_vae_slicing_changes_memory_not_frames(tiny_bundle, pipe, clip, vae_slice):
+    sliced = Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1}, vae_slice=vae_slice)
+    calls = []
+    real = sliced.backends["vae_decoder"].run
+    sliced.backends["vae_decoder"].run = lambda inputs: calls.append(len(inputs["latents"])) or real(inputs)
+    a = sliced.predict(clip[:1], cond=1, total=8, steps=STEPS, seed=3).frames
+    b = pipe.predict(clip[:1], cond=1, total=8, steps=STEPS, seed=3).frames
+    assert max(calls) == min(vae_slice, 7) and sum(calls) == 7
+    assert np.abs(a.astype(int) - b).max() <= 1  # batch size may change float rounding, never the picture
+
+
+def test_vae_slice_default_and_validation(pipe, tiny_bundle):
+    assert pipe.vae_slice == 256  # 256² pixels / 16² (then capped by the manifest's batch max, 64)
+    with pytest.raises(InputError, match="vae_slice"):
+        Pipeline.load(tiny_bundle, backend="cpu", vae_slice=0)
+
+
 def test_timings_and_progress(pipe, clip, capsys):
     result = pipe.predict(clip[:2], total=4, steps=STEPS, timings=True, progress=True)
     assert {"vae_encoder", "denoiser", "sampler", "vae_decoder", "total"} <= set(result.timings)
@@ -125,6 +169,13 @@ def test_read_from_path(pipe, clip, tmp_path):
     (lambda p, c: p.rollout(c[:2], total=20, cond=3), "3 input frame"),
     (lambda p, c: p.rollout(c, total=20, cond=3, window=9), "window"),
     (lambda p, c: p.image_to_video(None), "needs input frames"),
+    (lambda p, c: p.rollout(c, total=1025, cond=3), "above the maximum 1024 returned in memory; rollout_stream"),
+    (lambda p, c: p.predict(c[:2], total=4, seed=10**5000), "seed .* got an integer of 16610 bits"),
+    (lambda p, c: p.predict(c[:2], total=10**5000), "total .* got an integer of 16610 bits"),
+    (lambda p, c: p.run(c[:2], task="x" * 10**6, total=4), r"unknown task 'x+\.\.\. \(1000002 characters\)"),
+    (lambda p, c: p.rollout_stream(c, total=100_001, cond=3), "total must be in 4..100000"),
+    (lambda p, c: p.rollout_stream(c, total=20, cond=3, sampler="ddim", eta=float("nan")), "eta"),
+    (lambda p, c: p.predict(c[:2], total=4, sampler="dpmpp", eta=float("inf")), "eta"),
 ])
 def test_invalid_input_refused_before_any_backend_call(pipe, clip, monkeypatch, call, match):
     def boom(inputs):

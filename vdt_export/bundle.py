@@ -5,7 +5,7 @@ import json
 import os
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import onnx
 import torch
@@ -38,6 +38,26 @@ def external_data_files(onnx_path: str | os.PathLike) -> list[str]:
              if init.data_location == onnx.TensorProto.EXTERNAL
              for entry in init.external_data if entry.key == "location"}
     return sorted(names)
+
+
+def stamp_max_frames(onnx_path: str | os.PathLike, max_frames: int) -> None:
+    """Record in the graph itself (metadata_props "vdt.max_frames") the longest T its time table covers: the
+    one number of the frames axis an ONNX graph cannot state in its dims. The runtime holds the manifest's
+    model.max_frames against it at load."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        "vdt.max_frames": str(max_frames)})
+    onnx.save_model(model, str(onnx_path))
+
+
+def bundle_owned(bundle_dir: str | os.PathLike):
+    """The test atomic_dir applies to an existing folder at `bundle_dir` before replacing it: each entry must be
+    the manifest or a file its manifest lists (a folder holding anything else is never replaced)."""
+    try:
+        listed = {PurePosixPath(name).parts[0] for name in read_manifest(bundle_dir).get("files", {})}
+    except (BundleError, OSError, ValueError, AttributeError):
+        listed = set()
+    return lambda entry: entry.name == MANIFEST or entry.name in listed
 
 
 def read_manifest(bundle_dir: str | os.PathLike) -> dict:
@@ -170,12 +190,15 @@ def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name:
                               diffusion=diffusion_config(vdt.config.learn_sigma, diffusion), max_batch=max_batch,
                               training=training)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(out_dir) as staging:  # an old bundle at out_dir is replaced only once this one is complete
+    # an old bundle at out_dir is replaced only once this one is complete, and only if it holds nothing else
+    with atomic_dir(out_dir, bundle_owned(out_dir), "bundle folder") as staging:
         graphs = [export_denoiser(vdt, staging / STAGE_FILES["denoiser"], max_batch=max_batch, verbose=verbose)]
         if fused:
             graphs.append(export_denoiser(vdt, staging / FUSED_FILE, max_batch=max_batch, verbose=verbose, fused=True))
             manifest["stages"]["denoiser"]["fused"] = {"fp32": FUSED_FILE}
         share_weights(graphs, DENOISER_DATA)
+        for graph in graphs:
+            stamp_max_frames(graph, vdt.max_frames)
         export_vae_encoder(vae, staging / STAGE_FILES["vae_encoder"], image_size=image_size,
                            scale_factor=scale_factor, verbose=verbose)
         export_vae_decoder(vae, staging / STAGE_FILES["vae_decoder"], image_size=image_size,

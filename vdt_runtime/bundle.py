@@ -2,22 +2,21 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from vdt_runtime._manifest import FORMAT, FORMAT_VERSION, PRECISIONS, STAGES, check_manifest, check_relative, \
+    check_stage, read_manifest
+from vdt_runtime._onnx_graph import ValueInfo, read_graph_info
 from vdt_runtime.errors import BundleError
+from vdt_runtime.limits import shorten
 
-FORMAT = "vdt-bundle"
-FORMAT_VERSION = 1
-STAGES = ("denoiser", "vae_encoder", "vae_decoder")
-_TOP_KEYS = ("format", "format_version", "model", "diffusion", "vae", "image_size", "precision", "stages", "files")
-_MODEL_KEYS = ("input_size", "patch_size", "in_channels", "num_frames", "learn_sigma", "max_frames")
-_DIFFUSION_KEYS = ("beta_schedule", "num_timesteps", "prediction_type", "variance_type")
-_VAE_KEYS = ("scale_factor", "downsample", "latent_channels")
-_STAGE_KEYS = ("files", "inputs", "outputs", "dynamic_axes")
+__all__ = ["FORMAT", "FORMAT_VERSION", "PRECISIONS", "STAGES", "Bundle", "Stage", "TensorSpec", "check_io", "default_bundle_path",
+           "sha256_file"]
+_SCALED_AXIS = re.compile(r"(\d+)\*([A-Za-z_]\w*)")  # how torch.export names a dim k·x, e.g. "2*latent_height"
 
 
 BUNDLES = Path(__file__).resolve().parent / "bundles"  # shipped in the wheel; in a checkout, links into engines/
@@ -70,29 +69,28 @@ class Bundle:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, verify: bool = False) -> "Bundle":
-        """Read `path/manifest.json` (path: a bundle folder, or an installed bundle's name such as "default"),
-        validate it and the files it names; `verify` also checks every sha256."""
+        """Read `path/manifest.json` (path: a bundle folder, or an installed bundle's name such as "default") and
+        validate it, the files it names and what their ONNX graphs state, before any backend opens a file;
+        `verify` also checks every listed file's sha256 (external data included)."""
         path = Path(path)
         if not path.is_dir():
             installed = installed_bundles()
             if len(path.parts) != 1 or path.name not in installed:
-                raise BundleError(f"bundle folder {str(path)!r} does not exist (expected a folder with manifest.json "
+                raise BundleError(f"bundle folder {shorten(str(path))} does not exist (expected a folder with manifest.json "
                                   f"or the name of an installed bundle: {', '.join(installed) or 'none'})")
             path = installed[path.name]
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
-            raise BundleError(f"bundle folder {str(path)!r} has no manifest.json")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise BundleError(f"{manifest_path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-        except UnicodeDecodeError as e:
-            raise BundleError(f"{manifest_path} is not UTF-8 text: {e}") from None
-        _check_manifest(manifest, manifest_path)
+            raise BundleError(f"bundle folder {shorten(str(path))} has no manifest.json")
+        manifest = read_manifest(manifest_path)
+        check_manifest(manifest, manifest_path)
+        for name in STAGES:
+            check_stage(name, manifest["stages"][name], manifest)
         bundle = cls(path, manifest)
         bundle._check_files()
         if verify:
             bundle.verify()
+        bundle._check_graphs()
         return bundle
 
     # --- config accessors -------------------------------------------------------------------
@@ -168,35 +166,84 @@ class Bundle:
 
     # --- integrity ------------------------------------------------------------------------
     def _check_files(self) -> None:
-        """Every stage file is listed in `files`, and every listed file exists with the listed size."""
+        """Every stage file is listed in `files`; every listed file is a regular file inside the bundle folder
+        (a symlink may point only inside it) with the listed size."""
         listed = self.manifest["files"]
         for stage in self.stages.values():
             for precision, fname in (*stage.files.items(), *stage.fused.items()):
                 if fname not in listed:
-                    raise BundleError(
-                        f"stage {stage.name!r} ({precision}) uses {fname!r}, which is not listed in the manifest's files"
-                    )
+                    raise BundleError(f"stage {stage.name!r} ({precision}) uses {shorten(fname)}, which is not listed "
+                                      "in the manifest's files")
+        root = self.path.resolve()
         for fname, entry in listed.items():
-            _check_relative(fname)
-            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-                raise BundleError(f"files[{fname!r}] must be an object with a 'sha256' string, got {entry!r}")
-            fpath = self.path / fname
-            if not fpath.is_file():
-                raise BundleError(f"bundle file {fname!r} is listed in the manifest but missing from {str(self.path)!r}")
+            fpath = self.path / check_relative(fname)
+            real = fpath.resolve()
+            if root not in real.parents:
+                raise BundleError(f"bundle file {shorten(fname)} resolves to {shorten(str(real))}, outside the bundle "
+                                  "folder (symlinks may point only inside it)")
+            if not real.is_file():
+                raise BundleError(f"bundle file {shorten(fname)} is listed in the manifest but missing from "
+                                  f"{shorten(str(self.path))}" + (" (not a regular file)" if real.exists() else ""))
             size = entry.get("size")
-            if size is not None and fpath.stat().st_size != size:
-                raise BundleError(
-                    f"bundle file {fname!r} has {fpath.stat().st_size} bytes; the manifest says {size}"
-                )
+            if size is not None and real.stat().st_size != size:
+                raise BundleError(f"bundle file {shorten(fname)} has {real.stat().st_size} bytes; the manifest says {size}")
 
     def verify(self) -> None:
-        """Check every listed file's sha256; BundleError naming the file, expected and actual hash."""
+        """Check every listed file's sha256 (each once, external data included); BundleError naming the file,
+        expected and actual hash."""
         for fname, entry in self.manifest["files"].items():
             actual = sha256_file(self.path / fname)
             if actual != entry["sha256"].lower():
                 raise BundleError(
                     f"bundle file {fname!r} fails its hash check: expected sha256 {entry['sha256']}, got {actual}"
                 )
+
+    def _check_graphs(self) -> None:
+        """Each stage file's ONNX graph (read without a backend) against the manifest: every external data file
+        it points to is listed (so verify covers it); input/output names, types and dims; the frames it states."""
+        for stage in self.stages.values():
+            for _, fname in (*stage.files.items(), *stage.fused.items()):
+                info = read_graph_info(self.path / fname)
+                self._check_external(fname, info.external)
+                for kind, declared, actual in (("inputs", stage.inputs, info.inputs),
+                                               ("outputs", stage.outputs, info.outputs)):
+                    check_io(stage.name, fname, kind, declared, [(a.name, a.dtype) for a in actual])
+                    for spec, value in zip(declared, actual):
+                        self._check_dims(stage, fname, spec, value)
+                stated = info.metadata.get("vdt.max_frames")
+                if stage.name == "denoiser" and stated is not None and stated != str(self.max_frames):
+                    raise BundleError(f"stage 'denoiser': {fname} states max_frames {shorten(stated)}; the manifest's "
+                                      f"model.max_frames is {self.max_frames}")
+
+    def _check_external(self, fname: str, locations: set[str]) -> None:
+        for location in sorted(locations):
+            try:
+                check_relative(location)
+            except BundleError:
+                raise BundleError(f"{fname} keeps tensor data in {shorten(location)}, outside the bundle folder") from None
+            name = (PurePosixPath(fname).parent / location).as_posix()
+            if name not in self.manifest["files"]:
+                raise BundleError(f"{fname} keeps tensor data in {shorten(name)}, which the manifest's files do not "
+                                  "list (so it could not be verified)")
+
+    def _check_dims(self, stage: Stage, fname: str, spec: TensorSpec, value: ValueInfo) -> None:
+        """Fixed dims equal; a dim the graph fixes is not declared dynamic; a k*x pixel dim has k = vae.downsample."""
+        what = f"stage {stage.name!r}: {fname} tensor {spec.name!r}"
+        if len(value.dims) != len(spec.shape):
+            raise BundleError(f"{what} has rank {len(value.dims)}; the manifest says {len(spec.shape)} "
+                              f"({shorten(list(spec.shape))})")
+        f = self.vae["downsample"]
+        for j, (declared, graph) in enumerate(zip(spec.shape, value.dims)):
+            if isinstance(declared, int) and isinstance(graph, int) and declared != graph:
+                raise BundleError(f"{what} dim {j} is {graph}; the manifest says {declared}")
+            r = stage.dynamic_axes.get(declared) if isinstance(declared, str) else None
+            if isinstance(graph, int) and r is not None and (r["min"], r["max"]) != (graph, graph):
+                raise BundleError(f"{what} dim {j} is fixed at {graph}; the manifest declares axis {declared!r} "
+                                  f"{r['min']}..{r['max']}")
+            scaled = _SCALED_AXIS.fullmatch(graph) if isinstance(graph, str) else None
+            if scaled and stage.name != "denoiser" and int(scaled[1]) != f:
+                raise BundleError(f"{what} dim {j} is {graph!r} (downsample {scaled[1]}); the manifest's "
+                                  f"vae.downsample is {f}")
 
     # --- summary --------------------------------------------------------------------------
     def describe(self) -> str:
@@ -234,95 +281,22 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _check_manifest(manifest: Any, where: Path) -> None:
-    """Format name and version first, then required keys and their basic types."""
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{where} must hold a JSON object, got {type(manifest).__name__}")
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{where}: format is {manifest.get('format')!r}; expected {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(
-            f"{where}: format_version {manifest.get('format_version')!r} is not supported; "
-            f"this runtime supports format_version {FORMAT_VERSION}"
-        )
-    _require(manifest, _TOP_KEYS, "manifest", where)
-    for section, keys in (("model", _MODEL_KEYS), ("diffusion", _DIFFUSION_KEYS), ("vae", _VAE_KEYS)):
-        _require(manifest[section], keys, section, where)
-    for section in ("stages", "files"):
-        if not isinstance(manifest[section], dict):
-            raise BundleError(f"{where}: {section!r} must be an object, got {type(manifest[section]).__name__}")
-    _require(manifest["stages"], STAGES, "stages", where)
-    for key in ("image_size",):
-        if not _positive_int(manifest[key]):
-            raise BundleError(f"{where}: {key} must be a positive integer, got {manifest[key]!r}")
-    for key in ("input_size", "patch_size", "in_channels", "num_frames", "max_frames"):
-        if not _positive_int(manifest["model"][key]):
-            raise BundleError(f"{where}: model.{key} must be a positive integer, got {manifest['model'][key]!r}")
-    m, v, d = manifest["model"], manifest["vae"], manifest["diffusion"]
-    if (d["variance_type"] == "learned_range") != bool(m["learn_sigma"]):
-        raise BundleError(
-            f"{where}: diffusion.variance_type={d['variance_type']!r} needs model.learn_sigma="
-            f"{d['variance_type'] == 'learned_range'}, got {m['learn_sigma']!r}"
-        )
-    if m["max_frames"] < m["num_frames"]:
-        raise BundleError(f"{where}: model.max_frames={m['max_frames']} is below model.num_frames={m['num_frames']}")
-    if v["latent_channels"] != m["in_channels"] or manifest["image_size"] != m["input_size"] * v["downsample"]:
-        raise BundleError(
-            f"{where}: VAE and denoiser disagree: vae.latent_channels={v['latent_channels']} vs "
-            f"model.in_channels={m['in_channels']}, image_size={manifest['image_size']} vs "
-            f"model.input_size*vae.downsample={m['input_size']}*{v['downsample']}"
-        )
+def check_io(stage: str, fname: str, kind: str, declared: tuple[TensorSpec, ...], got: list[tuple[str, str]]) -> None:
+    """A model file's real (name, dtype) inputs or outputs must be the manifest's (at load from the graph's
+    bytes, and again by each backend from what it really loaded)."""
+    want = [(s.name, s.dtype) for s in declared]
+    if want != got:
+        raise BundleError(f"stage {stage!r}: {fname} has {kind} {shorten(got, 300)}, but the manifest declares "
+                          f"{shorten(want, 300)}")
 
 
-def _parse_stage(name: str, raw: Any) -> Stage:
-    where = f"stages.{name}"
-    if not isinstance(raw, dict):
-        raise BundleError(f"manifest {where} must be an object, got {type(raw).__name__}")
-    _require(raw, _STAGE_KEYS, where, "manifest")
-    if not isinstance(raw["files"], dict) or not raw["files"]:
-        raise BundleError(f"manifest {where}.files must map precision -> file name, got {raw['files']!r}")
-    fused = raw.get("fused", {})
-    if not isinstance(fused, dict) or not set(fused) <= set(raw["files"]):
-        raise BundleError(f"manifest {where}.fused must map precisions that {where}.files has -> file name, "
-                          f"got {fused!r} (files: {sorted(raw['files'])})")
-    for key in ("inputs", "outputs"):
-        if not isinstance(raw[key], list) or not raw[key]:
-            raise BundleError(f"manifest {where}.{key} must be a non-empty list of tensor specs, got {raw[key]!r}")
-    axes = raw["dynamic_axes"]
-    if not isinstance(axes, dict) or not all(isinstance(v, dict) for v in axes.values()):
-        raise BundleError(f"manifest {where}.dynamic_axes must map axis -> {{min, opt, max}}, got {axes!r}")
+def _parse_stage(name: str, raw: dict) -> Stage:
+    """A Stage from its manifest entry (already checked by _manifest.check_stage)."""
     return Stage(
         name=name,
-        files={str(k): str(v) for k, v in raw["files"].items()},
-        inputs=tuple(_parse_spec(f"{where}.inputs", s) for s in raw["inputs"]),
-        outputs=tuple(_parse_spec(f"{where}.outputs", s) for s in raw["outputs"]),
-        dynamic_axes={str(k): dict(v) for k, v in raw["dynamic_axes"].items()},
-        fused={str(k): str(v) for k, v in fused.items()},
+        files=dict(raw["files"]),
+        inputs=tuple(TensorSpec(s["name"], s["dtype"], tuple(s["shape"])) for s in raw["inputs"]),
+        outputs=tuple(TensorSpec(s["name"], s["dtype"], tuple(s["shape"])) for s in raw["outputs"]),
+        dynamic_axes={k: dict(v) for k, v in raw["dynamic_axes"].items()},
+        fused=dict(raw.get("fused", {})),
     )
-
-
-def _parse_spec(where: str, raw: Any) -> TensorSpec:
-    if not isinstance(raw, dict) or not {"name", "dtype", "shape"} <= raw.keys():
-        raise BundleError(f"manifest {where} entries need name, dtype and shape; got {raw!r}")
-    if not isinstance(raw["shape"], list):
-        raise BundleError(f"manifest {where} shape must be a list of ints or axis names, got {raw['shape']!r}")
-    return TensorSpec(name=str(raw["name"]), dtype=str(raw["dtype"]), shape=tuple(raw["shape"]))
-
-
-def _require(section: Any, keys: tuple[str, ...], name: str, where: Any) -> None:
-    if not isinstance(section, dict):
-        raise BundleError(f"{where}: {name!r} must be an object, got {type(section).__name__}")
-    missing = [k for k in keys if k not in section]
-    if missing:
-        raise BundleError(f"{where}: {name} is missing required key(s) {', '.join(missing)}")
-
-
-def _check_relative(fname: str) -> None:
-    """File names stay inside the bundle folder."""
-    p = PurePosixPath(fname)
-    if p.is_absolute() or ".." in p.parts or "\\" in fname:
-        raise BundleError(f"bundle file name {fname!r} must be a relative path inside the bundle folder")
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -12,11 +12,13 @@ import numpy as np
 from vdt_runtime.backends import CHOICES, PRECISIONS
 from vdt_runtime.bundle import Bundle, default_bundle_path
 from vdt_runtime.errors import InputError, VDTError
+from vdt_runtime.limits import MAX_DECODED_PIXELS, shorten
 from vdt_runtime.requests import ROLLOUT, TASKS, Request
 from vdt_runtime.samplers import SAMPLERS
 
 CLI_TASKS = TASKS + (ROLLOUT,)
 _TASK_ARGS = ("cond", "total", "stride", "given", "box", "box_frames", "window")  # flag -> Request field
+_MAX_MASK_BYTES = 8 * MAX_DECODED_PIXELS  # a float64 pixel mask of the largest input, plus its header
 
 
 def _int_list(text: str) -> list[int]:
@@ -49,8 +51,15 @@ def _option(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors whose echoed values are cut (the usage text stays in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {_one_line(message, 300)}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vdt", description="Run exported VDT video diffusion bundles.")
+    p = _Parser(prog="vdt", description="Run exported VDT video diffusion bundles.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def backend_args(sp):
@@ -63,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--threads", type=int, default=None, help="option threads: intra-op threads")
         sp.add_argument("--no-spinning", dest="spinning", action="store_false",
                         help="option spinning=false: idle onnxruntime threads sleep instead of busy-waiting")
+        sp.add_argument("--vae-slice", type=int, default=None,
+                        help="frames per VAE call (default: 1 at 256 px, 64 at 32 px); lower it to save memory")
         sp.add_argument("--no-fused", dest="fused", action="store_false",
                         help="option fused=false: the standard-operator denoiser even where the bundle has an "
                              "onnxruntime-fused one")
@@ -132,25 +143,36 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; typed errors print one `error: ...` line and return 2."""
+    """Entry point; typed errors print one `error: ...` line and return 2. No input gives a traceback: anything
+    else that escapes is a bug, reported as one `error: internal error ...` line with status 1."""
     args = _parser().parse_args(argv)
     with warnings.catch_warnings():
-        warnings.showwarning = lambda msg, cat, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+        warnings.showwarning = lambda msg, cat, *a, **k: print(f"warning: {_one_line(msg)}", file=sys.stderr)
         try:
             return {"run": _run, "info": _info, "bench": _bench, "serve": _serve, "batch": _batch}[args.command](args)
         except VDTError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {_one_line(e)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             return 130
+        except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
+            print(f"error: internal error ({type(e).__name__}): {_one_line(e)} -- please report this with the "
+                  "command that caused it", file=sys.stderr)
+            return 1
+
+
+def _one_line(message, limit: int = 1000) -> str:
+    """A message on one line, at most `limit` characters."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _load(args, *, verify: bool = False):
     from vdt_runtime.pipeline import Pipeline
 
     return Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, options=_options(args),
-                         verify=verify)
+                         verify=verify, vae_slice=args.vae_slice)
 
 
 def _options(args) -> dict:
@@ -167,28 +189,40 @@ def _options(args) -> dict:
 
 
 def _run(args) -> int:
-    """Flags → one Request (which checks them) → the pipeline."""
-    from vdt_runtime.video import check_output_path, write_video
+    """Flags → one Request (which checks them) → the pipeline. Every check that needs no backend comes first:
+    the bundle, the output path (never the input, never inside the bundle), fps, the mask, the input's size."""
+    from vdt_runtime.video import check_fps, check_output_path, read_video, write_video
 
-    check_output_path(args.out)
+    bundle = Bundle.load(default_bundle_path() if args.bundle is None else args.bundle)
+    protect = {"input": args.input, "bundle": bundle.path}
+    check_output_path(args.out, protect=protect)
+    check_fps(args.fps)
     task, mask = args.task, None
     if args.mask is not None:
         if task != "inpaint":
             raise InputError(f"--mask is for --task inpaint (a user mask replaces the task), not --task {task}")
         task, mask = None, _read_mask(args.mask)
+    frames = None if args.input is None else read_video(args.input, max_frames=bundle.max_frames,
+                                                        size=(bundle.image_size,) * 2)
     flags = {f: getattr(args, f) for f in _TASK_ARGS if getattr(args, f) is not None}
-    request = Request(task=task, mask=mask, frames=args.input, steps=args.steps, sampler=args.sampler,
-                      eta=args.eta, seed=args.seed, **flags)
+    sampling = dict(steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed)
+    request = Request(task=task, mask=mask, frames=frames, **sampling, **flags)
     pipe = _load(args)
     if pipe.chosen:
         print(f"chosen     {pipe.chosen}")
+    if task == ROLLOUT:  # streamed: one window in memory at a time, whatever --total
+        stream = pipe.rollout_stream(frames, request.total, request.cond, request.window, timings=args.timings,
+                                     **sampling)
+        out = write_video(args.out, stream, fps=args.fps, protect=protect)
+        print(f"wrote {out} ({request.total} frames {bundle.image_size}x{bundle.image_size}; denoiser on "
+              f"{', '.join(pipe.providers['denoiser'])})")
+        _print_timings(stream.timings)
+        return 0
     result = pipe.generate([request], progress=not args.no_progress, timings=args.timings)[0]
-    out = write_video(args.out, result.frames, fps=args.fps)
+    out = write_video(args.out, result.frames, fps=args.fps, protect=protect)
     t, h, w, _ = result.frames.shape
     print(f"wrote {out} ({t} frames {h}x{w}; denoiser on {', '.join(result.providers['denoiser'])})")
-    if args.timings:
-        for stage, seconds in result.timings.items():
-            print(f"  {stage:<12} {seconds:8.3f} s")
+    _print_timings(result.timings)
     return 0
 
 
@@ -221,13 +255,20 @@ def _batch(args) -> int:
     return 1 if failed else 0
 
 
+def _print_timings(timings: dict[str, float]) -> None:
+    for stage, seconds in timings.items():
+        print(f"  {stage:<12} {seconds:8.3f} s")
+
+
 def _read_mask(path: Path) -> np.ndarray:
     if path.suffix.lower() != ".npy":
-        raise InputError(f"--mask must be a .npy file, got {str(path)!r}")
+        raise InputError(f"--mask must be a .npy file, got {shorten(str(path))}")
+    if path.is_file() and path.stat().st_size > _MAX_MASK_BYTES:
+        raise InputError(f"mask {shorten(str(path))} has {path.stat().st_size} bytes; at most {_MAX_MASK_BYTES}")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read mask {str(path)!r}: {e}") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"cannot read mask {shorten(str(path))}: {shorten(str(e))}") from None
 
 
 def _info(args) -> int:

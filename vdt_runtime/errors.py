@@ -1,8 +1,20 @@
 """Typed errors. Every message names the offending value and what is allowed."""
 
 
+_MAX_MESSAGE = 1000  # characters; longer messages keep their head and tail
+
+
 class VDTError(Exception):
-    """Base class for every error this SDK raises on purpose."""
+    """Base class for every error this SDK raises on purpose. Its message is one line of at most 1000
+    characters (a safety net: messages cut the values they echo themselves, see limits.shorten)."""
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str):
+            text = " ".join(args[0].split())
+            if len(text) > _MAX_MESSAGE:
+                text = f"{text[:700]} [... {len(text) - 950} characters cut ...] {text[-250:]}"
+            args = (text,)
+        super().__init__(*args)
 
 
 class InputError(VDTError, ValueError):

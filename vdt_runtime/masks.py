@@ -8,6 +8,7 @@ import numpy as np
 
 from vdt_runtime._arrays import as_array
 from vdt_runtime.errors import InputError
+from vdt_runtime.limits import shorten
 from vdt_runtime.schedule import _check_int
 
 
@@ -55,7 +56,7 @@ def box_mask(total: int, hw: tuple[int, int], box, box_frames, image_hw) -> np.n
         raise InputError("task 'inpaint' needs image_hw, the (H, W) pixel size the box refers to")
     (img_h, img_w), (fy, fx) = check_hw("image_hw", image_hw), _factors(hw, image_hw)
     if not isinstance(box, (tuple, list, np.ndarray)) or len(box) != 4:
-        raise InputError(f"box must be 4 pixel coordinates (y0, x0, y1, x1), got {box!r}")
+        raise InputError(f"box must be 4 pixel coordinates (y0, x0, y1, x1), got {shorten(box)}")
     y0, x0, y1, x1 = (_check_int("box coordinate", v, 0, None) for v in box)
     if not (y0 < y1 <= img_h and x0 < x1 <= img_w):
         raise InputError(
@@ -86,13 +87,13 @@ def _check_binary(mask) -> np.ndarray:
 def frame_indices(name: str, indices, total: int) -> tuple[int, ...]:
     """Frame indices, each an integer in 0..total−1."""
     if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
-        raise InputError(f"{name} must be a sequence of frame indices in 0..{total - 1}, got {indices!r}")
+        raise InputError(f"{name} must be a sequence of frame indices in 0..{total - 1}, got {shorten(indices)}")
     return tuple(_check_int(f"{name} index", i, 0, total - 1) for i in indices)
 
 
 def check_hw(name: str, hw) -> tuple[int, int]:
     if not isinstance(hw, (tuple, list)) or len(hw) != 2:
-        raise InputError(f"{name} must be (height, width), got {hw!r}")
+        raise InputError(f"{name} must be (height, width), got {shorten(hw)}")
     return _check_int(f"{name} height", hw[0], 1, None), _check_int(f"{name} width", hw[1], 1, None)
 
 

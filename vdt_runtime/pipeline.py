@@ -13,9 +13,10 @@ from vdt_runtime._xp import to_numpy
 from vdt_runtime.backends import Backend, open_backend, plan
 from vdt_runtime.bundle import STAGES, Bundle, default_bundle_path
 from vdt_runtime.errors import InputError
+from vdt_runtime.limits import DEFAULT_VAE_SLICE_PIXELS, MAX_ROLLOUT_FRAMES
 from vdt_runtime.requests import ROLLOUT, Plan, Request, as_frames
 from vdt_runtime.samplers import get_sampler, standard_normal
-from vdt_runtime.schedule import Schedule, make_schedule
+from vdt_runtime.schedule import Schedule, _check_int, make_schedule
 from vdt_runtime.timing import Timer
 
 Frames = "np.ndarray | str | os.PathLike | None"
@@ -29,6 +30,27 @@ class Result:
     mask: np.ndarray  # float32 [T, h, w] latent mask, 1 = generated, 0 = given
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds of its batch (when asked for)
     providers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # stage -> what really ran
+
+
+class RolloutStream:
+    """Iterator of a rollout's uint8 [n, H, W, 3] frame chunks (Pipeline.rollout_stream); `timings` (stage ->
+    seconds, when asked for) fill in as it runs; `close()` stops it."""
+
+    def __init__(self, chunks, timer: Timer | None):
+        self._chunks, self._timer = chunks, timer
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._chunks)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return dict(self._timer.seconds) if self._timer is not None else {}
+
+    def close(self) -> None:
+        self._chunks.close()
 
 
 @dataclass(frozen=True)
@@ -56,16 +78,19 @@ class Pipeline:
     and backend give byte-identical frames, whichever thread runs them.
     """
 
-    def __init__(self, bundle: Bundle, backends: dict[str, Backend], *, backend: str = "", chosen: str | None = None):
+    def __init__(self, bundle: Bundle, backends: dict[str, Backend], *, backend: str = "", chosen: str | None = None,
+                 vae_slice: int | None = None):
         self.bundle = bundle
         self.backends = backends
         self.backend = backend  # the backend choice that runs (auto resolved)
         self.chosen = chosen  # backend="auto": what it picked and why
+        self.vae_slice = vae_slice
         self._enc, self._den, self._dec = backends["vae_encoder"], backends["denoiser"], backends["vae_decoder"]
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, backend: str = "auto", precision: str | None = None,
-             options: Mapping[str, Any] | None = None, verify: bool = False) -> "Pipeline":
+             options: Mapping[str, Any] | None = None, verify: bool = False,
+             vae_slice: int | None = None) -> "Pipeline":
         """Open a bundle (default: engines/default) on `backend`: auto | cpu | cuda | ort-tensorrt | openvino.
 
         `precision` is a compute precision (fp32 | fp16 | bf16 | int8) that runs on every stage able to run it
@@ -73,7 +98,10 @@ class Pipeline:
         lossless backend and precision for this machine and says so in `pipe.chosen`. `options` are the chosen
         backend's settings (onnxruntime: threads, graph_optimization, spinning, fused; see README); an unknown
         key is refused. `pipe.describe()` says what really runs. Close with `pipe.close()` or a `with` block.
+        `vae_slice`: frames per VAE call (default: see Pipeline.vae_slice), the memory knob of the VAE stages.
         """
+        if vae_slice is not None:
+            _check_int("vae_slice", vae_slice, 1, None)
         bundle = Bundle.load(default_bundle_path() if path is None else path, verify=verify)
         p = plan(bundle, backend, precision, options)
         backends: dict[str, Backend] = {}
@@ -84,7 +112,7 @@ class Pipeline:
             for b in backends.values():
                 b.close()
             raise
-        return cls(bundle, backends, backend=p.backend, chosen=p.chosen)
+        return cls(bundle, backends, backend=p.backend, chosen=p.chosen, vae_slice=vae_slice)
 
     def close(self) -> None:
         """Release every stage's backend (idempotent); the pipeline cannot run afterwards."""
@@ -138,6 +166,10 @@ class Pipeline:
             if not isinstance(r, Request):
                 raise InputError(f"requests[{i}] is a {type(r).__name__}, not a vdt_runtime.Request")
         plans = [r.plan(self.bundle) for r in requests]
+        for p in plans:
+            if p.cond is not None and p.total > MAX_ROLLOUT_FRAMES:
+                raise InputError(f"rollout total={p.total} frames is above the maximum {MAX_ROLLOUT_FRAMES} returned "
+                                 "in memory; rollout_stream writes longer ones window by window")
         samplings = {p.sampling: self._sampling(*p.sampling) for p in plans}
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(plans):
@@ -226,6 +258,33 @@ class Pipeline:
         The first `cond` supplied frames start the video; one Generator seeded once drives every window.
         """
         return self._task(ROLLOUT, frames, total=total, cond=cond, window=window, **kw)
+
+    def rollout_stream(self, frames: Frames, total: int, cond: int, window: int | None = None, *,
+                       timings: bool = False, **kw) -> "RolloutStream":
+        """rollout() as an iterator of uint8 [n, H, W, 3] chunks — the `cond` given frames, then each window's new
+        frames as soon as they are decoded — up to limits.MAX_STREAMED_FRAMES (rollout() stops at
+        MAX_ROLLOUT_FRAMES). Peak memory does not grow with `total`: hand it to write_video(path, stream) and
+        one window is all that is held. Same frames, bit for bit, as rollout(). Validated here, before the first
+        chunk is asked for."""
+        p = Request(task=ROLLOUT, frames=frames, total=total, cond=cond, window=window, **kw).plan(self.bundle)
+        timer = Timer()
+        return RolloutStream(self._stream(p, timer), timer if timings else None)
+
+    def _stream(self, p: Plan, timer: Timer):
+        """The chunks of one rollout plan: its given frames, then each window's new frames (as _rollout makes them:
+        one Generator seeded once drives every window; only the last `cond` frames carry over)."""
+        s, rngs = self._sampling(*p.sampling), [np.random.default_rng(p.seed)]
+        sampler, steps, eta = p.sampling
+        yield p.frames
+        context, done = p.frames, p.cond
+        while done < p.total:
+            new = min(p.window - p.cond, p.total - done)
+            wp = Request(task="predict", frames=context[-p.cond:], cond=p.cond, total=p.cond + new, steps=steps,
+                         sampler=sampler, eta=eta, seed=p.seed).plan(self.bundle)
+            with timer.stage("total"):
+                out = self._batch([wp], s, rngs, timer, None)[0]
+            context, done = out[-p.cond:], done + new
+            yield out[p.cond:]
 
     def _task(self, task, frames, *, progress: bool = False, timings: bool = False, **kw) -> Result:
         return self._one(Request(task=task, frames=frames, **kw), progress, timings)
@@ -330,7 +389,18 @@ class Pipeline:
         return np.split(self._batched(backend, np.concatenate(parts)), sizes) if parts else []
 
     def _batched(self, backend: Backend, x: np.ndarray) -> np.ndarray:
-        """Run a VAE stage over x [N, ...] in chunks of at most the manifest's batch max."""
+        """Run a VAE stage over x [N, ...] in slices of `vae_slice` frames (at most the manifest's batch max): peak
+        memory follows the slice, not N (diffusers' "VAE slicing")."""
         name, out = backend.inputs[0].name, backend.outputs[0].name
-        cap = self.bundle.stage(backend.stage).axis_max("batch", len(x)) or len(x)
+        cap = min(self.vae_slice, self.bundle.stage(backend.stage).axis_max("batch", len(x)) or len(x))
         return np.concatenate([backend.run({name: x[i: i + cap]})[out] for i in range(0, len(x), cap)])
+
+    @property
+    def vae_slice(self) -> int:
+        """Frames per VAE encoder / decoder call. Default: as many as make limits.DEFAULT_VAE_SLICE_PIXELS
+        pixels (1 frame at 256 px, 64 at 32 px); smaller saves memory (BENCHMARKS.md §8)."""
+        return self._vae_slice or max(1, DEFAULT_VAE_SLICE_PIXELS // self.image_size ** 2)
+
+    @vae_slice.setter
+    def vae_slice(self, frames: int | None) -> None:
+        self._vae_slice = None if frames is None else _check_int("vae_slice", frames, 1, None)

@@ -18,6 +18,7 @@ import numpy as np
 
 from vdt_runtime._arrays import as_array
 from vdt_runtime.errors import InputError
+from vdt_runtime.limits import MAX_STREAMED_FRAMES, shorten
 from vdt_runtime.masks import box_mask, check_not_all_given, check_hw, frame_indices, user_mask
 from vdt_runtime.samplers import SAMPLERS
 from vdt_runtime.schedule import _check_int
@@ -77,12 +78,12 @@ def _task_args(task: str, total, args: dict) -> dict:
     """Check a task's name and arguments against `total`; the checked arguments (plus total) back."""
     spec = _takes(task, args)
     if spec.needs is not None and args.get(spec.needs) is None:
-        raise InputError(f"task {task!r} needs {spec.needs}")
+        raise InputError(f"task {shorten(task)} needs {spec.needs}")
     total = _check_int("total", total, 1, None)
     out = {"total": total}
     if task in ("predict", "backward"):
         if total < 2:
-            raise InputError(f"task {task!r} needs total >= 2 so that cond can be 1..total-1, got total={total}")
+            raise InputError(f"task {shorten(task)} needs total >= 2 so that cond can be 1..total-1, got total={total}")
         out["cond"] = _check_int("cond", args["cond"], 1, total - 1)
     elif task == "interpolate":
         out["stride"] = _check_int("stride", args["stride"], 2, None)
@@ -94,11 +95,11 @@ def _task_args(task: str, total, args: dict) -> dict:
 def _takes(task, args: dict) -> _Task:
     """The task's definition, after refusing an unknown task or an argument it does not take."""
     if not isinstance(task, str) or task not in _TASKS:
-        raise InputError(f"unknown task {task!r}; expected one of {', '.join(TASKS + (ROLLOUT,))}")
+        raise InputError(f"unknown task {shorten(task)}; expected one of {', '.join(TASKS + (ROLLOUT,))}")
     spec = _TASKS[task]
     for name, value in args.items():
         if value is not None and name not in spec.takes:
-            raise InputError(f"task {task!r} does not take {name}={_short(value)}")
+            raise InputError(f"task {shorten(task)} does not take {name}={shorten(value)}")
     return spec
 
 
@@ -139,29 +140,29 @@ class Request:
             raise InputError(f"give task= (one of {', '.join(TASKS + (ROLLOUT,))}) or mask=")
         args = {k: getattr(self, k) for k in _ARGS + ("window",)}
         if self.mask is not None:
-            drop = ([f"task={self.task!r}"] if self.task is not None else []) + \
-                   [f"{k}={_short(v)}" for k, v in args.items() if v is not None]
+            drop = ([f"task={shorten(self.task)}"] if self.task is not None else []) + \
+                   [f"{k}={shorten(v)}" for k, v in args.items() if v is not None]
             if drop:
                 raise InputError(f"a user mask replaces the task; drop {', '.join(drop)}")
         elif self.task == ROLLOUT:
             extra = [k for k, v in args.items() if v is not None and k not in _ROLLOUT_ARGS]
             if extra:
-                raise InputError(f"task 'rollout' does not take {extra[0]}={_short(args[extra[0]])}")
+                raise InputError(f"task 'rollout' does not take {extra[0]}={shorten(args[extra[0]])}")
             for name in ("cond", "total"):
                 if getattr(self, name) is None:
                     raise InputError(f"task 'rollout' needs {name}")
         else:
             _takes(self.task, args)
         if not isinstance(self.sampler, str) or self.sampler not in SAMPLERS:
-            raise InputError(f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+            raise InputError(f"unknown sampler {shorten(self.sampler)}; expected one of {', '.join(SAMPLERS)}")
         if self.sampler not in ("ddim", "dpmpp") and self.eta != 0.0:
-            raise InputError(f"eta={self.eta!r} applies only to samplers 'ddim' and 'dpmpp', not {self.sampler!r}")
+            raise InputError(f"eta={shorten(self.eta)} applies only to samplers 'ddim' and 'dpmpp', not {shorten(self.sampler)}")
         if self.sampler in ("ddim", "dpmpp") and (isinstance(self.eta, bool) or not isinstance(self.eta, numbers.Real)
                                                    or not math.isfinite(self.eta) or self.eta < 0):
-            raise InputError(f"eta must be a finite number >= 0, got {self.eta!r}")
+            raise InputError(f"eta must be a finite number >= 0, got {shorten(self.eta)}")
         seed = self.seed
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-            raise InputError(f"seed must be an integer in 0..2**63-1, got {_short(seed)}")
+            raise InputError(f"seed must be an integer in 0..2**63-1, got {shorten(seed)}")
         if self.frames is not None and self.task == "unconditional" and self.at is None:
             raise InputError("task 'unconditional' takes no frames")
 
@@ -214,7 +215,7 @@ class Request:
         args = {k: getattr(self, k) for k in _ARGS}
         if self.task in ("predict", "backward") and args["cond"] is None and self.at is None:
             if n == 0:
-                raise InputError(f"task {self.task!r} needs input frames (none were supplied)")
+                raise InputError(f"task {shorten(self.task)} needs input frames (none were supplied)")
             args["cond"] = n  # default: every supplied frame is given
         total = self.total
         if total is None:
@@ -222,8 +223,8 @@ class Request:
                      "inpaint": lambda: n}.get(self.task, lambda: bundle.num_frames)()
         total = _frames_total(bundle, total)
         m, slots = _mask_and_slots(self.task, total, hw, image_hw, args)
-        named = ", ".join(f"{k}={_short(v)}" for k, v in {**args, "total": total}.items() if v is not None)
-        return total, m, slots, f"task {self.task!r} ({named})"
+        named = ", ".join(f"{k}={shorten(v)}" for k, v in {**args, "total": total}.items() if v is not None)
+        return total, m, slots, f"task {shorten(self.task)} ({named})"
 
     def _plan_rollout(self, bundle, video: np.ndarray) -> "Plan":
         n = len(video)
@@ -231,7 +232,7 @@ class Request:
             raise InputError("task 'rollout' does not take at=; its frames start the video")
         window = _check_int("window", bundle.max_frames if self.window is None else self.window, 2, bundle.max_frames)
         cond = _check_int("cond", self.cond, 1, window - 1)
-        total = _check_int("total", self.total, cond + 1, None)
+        total = _check_int("total", self.total, cond + 1, MAX_STREAMED_FRAMES)
         if n < cond:
             raise InputError(f"task 'rollout' (cond={cond}) needs {cond} input frame(s), got {n}")
         return Plan(total=total, mask=None, frames=video[:cond], sampling=self.sampling, seed=int(self.seed),
@@ -270,7 +271,7 @@ def as_frames(frames, size: int) -> np.ndarray | None:
     if isinstance(frames, (str, os.PathLike)):
         from vdt_runtime.video import read_video
 
-        frames = read_video(frames)
+        frames = read_video(frames, size=(size, size))  # another size is refused before decoding
     f = as_array(frames, "frames", f"uint8 [T, H, W, 3] with H = W = {size}")
     if f.ndim != 4 or f.shape[-1] != 3:
         raise InputError(f"frames must be [T, H, W, 3] (RGB), got shape {tuple(f.shape)}")
@@ -309,8 +310,3 @@ def _place(video: np.ndarray | None, slots: list[int], total: int) -> np.ndarray
     out = np.zeros((total,) + video.shape[1:], np.uint8)
     out[slots] = video[: len(slots)]
     return out
-
-
-def _short(value, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

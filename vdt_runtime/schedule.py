@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vdt_runtime.errors import InputError
+from vdt_runtime.limits import shorten
 
 BETA_SCHEDULES = ("linear",)
 PREDICTION_TYPES = ("epsilon", "v")
@@ -133,7 +134,9 @@ def _check_int(name: str, value, lo: int, hi: int | None) -> int:
     """An integer (not bool) in lo..hi, else InputError naming value and range."""
     allowed = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InputError(f"{name} must be an integer {allowed}, got {value!r}")
+        raise InputError(f"{name} must be an integer {allowed}, got {shorten(value)}")
     if value < lo or (hi is not None and value > hi):
-        raise InputError(f"{name} must be {allowed}, got {value}")
+        raise InputError(f"{name} must be {allowed}, got {shorten(value)}")
+    if hi is None and value >= 2**62:  # no count or index is this large; later messages may print it whole
+        raise InputError(f"{name} must be {allowed} and below 2**62, got {shorten(value)}")
     return int(value)

@@ -1,94 +1,237 @@
-"""Read and write videos as uint8 [T, H, W, 3]: .mp4 / .webm (ffmpeg), .gif, single images, PNG folders."""
+"""Read and write videos as uint8 [T, H, W, 3]: .mp4 / .webm (ffmpeg), .gif, single images, PNG folders.
+
+Reading is bounded: the header (size, stated frame count) is read first, a wrong size is refused before
+anything is decoded, decoding stops at the frames the caller needs and at limits.MAX_DECODED_PIXELS, and a
+file that yields fewer frames than its header states is refused as truncated. Writing never destroys what
+it did not write: a file output replaces only a regular file, a PNG-folder output goes only into a new or
+empty folder or one holding only this tool's frame_NNNNN.png files, and the caller can protect paths (the
+input, the bundle) that an output must neither be nor lie in. Frames may arrive as one array or as an
+iterable of chunks, written as they come (a streamed rollout never sits in memory).
+"""
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import re
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from vdt_runtime._arrays import as_array
-from vdt_runtime._atomic import atomic_dir, atomic_path
+from vdt_runtime._atomic import atomic_dir, atomic_path, check_replaceable, is_regular_file
 from vdt_runtime.errors import InputError
+from vdt_runtime.limits import MAX_DECODED_PIXELS, MAX_IMAGE_SIDE, shorten
 
 FFMPEG_EXTS = (".mp4", ".webm", ".mov", ".mkv")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 READ_EXTS = FFMPEG_EXTS + (".gif",) + IMAGE_EXTS
-WRITE_EXTS = (".mp4", ".gif")  # plus a folder (no extension) of PNGs
+WRITE_EXTS = (".mp4", ".webm", ".gif")  # plus a folder (no extension) of PNGs
+FRAME_NAME = re.compile(r"frame_\d{5,}\.png")  # what a PNG-folder output holds, and all it may hold
+_MAX_OUTPUT_NAME = 200  # bytes: the temp entry ".<name>.<random>.tmp" must fit the usual 255-byte NAME_MAX
+_GIF_MAX_REPEAT = 1000  # a GIF frame shown k times the shortest duration counts k times, k capped here
 
 
-def read_video(path: str | os.PathLike) -> np.ndarray:
-    """Frames uint8 [T, H, W, 3] from a video file, an image (T = 1) or a folder of PNGs (sorted by name)."""
-    path = Path(path)
-    if path.is_dir():
-        names = sorted((p for p in path.iterdir() if p.suffix.lower() == ".png"), key=_natural_key)
-        if not names:
-            raise InputError(f"folder {str(path)!r} holds no .png frames")
-        frames = [_read_image(p) for p in names]
-        if len({f.shape for f in frames}) > 1:
-            raise InputError(f"PNG frames in {str(path)!r} differ in size: {sorted({f.shape for f in frames})}")
-        return np.stack(frames)
-    ext = path.suffix.lower()
-    if not path.is_file():
-        raise InputError(f"input {str(path)!r} does not exist")
-    if ext not in READ_EXTS:
-        raise InputError(f"cannot read {str(path)!r}: extension {ext!r} is not one of {', '.join(READ_EXTS)} (or a PNG folder)")
-    if path.stat().st_size == 0:
-        raise InputError(f"video {str(path)!r} is empty (0 bytes); expected a readable {ext} file")
+def read_video(path: str | os.PathLike, *, max_frames: int | None = None,
+               size: tuple[int, int] | None = None) -> np.ndarray:
+    """Frames uint8 [T, H, W, 3] from a video file, an image (T = 1) or a folder of PNGs (sorted by name).
+
+    `max_frames`: decode at most this many (the rest of the file is never decoded). `size` (H, W): the frame
+    size the caller needs; another size is refused from the header, before decoding. Without `max_frames`,
+    a video of more than limits.MAX_DECODED_PIXELS pixels in all is refused rather than decoded.
+    """
     try:
-        if ext in FFMPEG_EXTS:
-            frames = _read_ffmpeg(path)
-        elif ext == ".gif":
-            frames = _read_gif(path)
-        else:
-            frames = _read_image(path)[None]
+        return _read_video(Path(path), max_frames, size)
+    except OSError as e:  # a name too long, a loop of symlinks, a folder that cannot be listed, ...
+        raise InputError(f"cannot read {shorten(str(path))}: {e.strerror or e}") from None
+
+
+def _read_video(path: Path, max_frames: int | None, size) -> np.ndarray:
+    name = shorten(str(path))
+    if path.is_dir():
+        header = _png_folder(path)
+    else:
+        ext = path.suffix.lower()
+        if not path.is_file():
+            raise InputError(f"input {name} does not exist")
+        if ext not in READ_EXTS:
+            raise InputError(f"cannot read {name}: extension {shorten(ext)} is not one of {', '.join(READ_EXTS)} "
+                             "(or a PNG folder)")
+        if path.stat().st_size == 0:
+            raise InputError(f"video {name} is empty (0 bytes); expected a readable {ext} file")
+        header = _decoding(path, ext, lambda: _open(path, ext))
+    (h, w), stated, frames = header
+    try:
+        return _decode(path, h, w, stated, frames, max_frames, size)
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()  # stops an ffmpeg process still decoding the frames not needed
+
+
+def _decode(path: Path, h: int, w: int, stated: int | None, frames: Iterator, max_frames, size) -> np.ndarray:
+    name, ext = shorten(str(path)), path.suffix.lower() or "PNG folder"
+    if size is not None and (h, w) != tuple(size):
+        raise InputError(f"video {name} is {h}x{w} pixels; this bundle takes {size[0]}x{size[1]}")
+    if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
+        raise InputError(f"video {name} is {h}x{w} pixels; at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} is read")
+    budget = MAX_DECODED_PIXELS // (h * w)
+    limit = budget if max_frames is None else min(max_frames, budget)
+    out, decoded = [], _decoding(path, ext, lambda: frames)
+    for frame in decoded:
+        if frame.shape != (h, w, 3):
+            raise InputError(f"video {name} changes frame size mid-stream: {frame.shape[:2]} after {(h, w)}")
+        out.append(frame)
+        if len(out) == limit:
+            break
+    if len(out) == limit and limit < (max_frames or math.inf) and next(decoded, None) is not None:
+        more = "" if stated is None else f" (its header states {stated})"
+        raise InputError(f"video {name} has more than {limit} frames of {h}x{w}{more}: over the "
+                         f"{MAX_DECODED_PIXELS} decoded pixels read from one input; pass max_frames to read fewer")
+    if not out:
+        raise InputError(f"video {name} has no frames")
+    if stated is not None and len(out) < min(stated, limit) - 1:  # one frame of slack for rounded durations
+        raise InputError(f"video {name} is truncated or corrupt: decoded {len(out)} of the {stated} frames its "
+                         "header states")
+    return np.stack(out)
+
+
+def _decoding(path: Path, ext: str, step):
+    """step() with any decoder failure turned into one InputError naming the file; iterators stay guarded."""
+    try:
+        result = step()
     except InputError:
         raise
     except Exception as e:  # decoders raise many types on corrupt input
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # not ffmpeg's whole log
-        raise InputError(f"cannot read video {str(path)!r} (corrupt or not a {ext} file): {first}") from None
-    if frames.shape[0] == 0:
-        raise InputError(f"video {str(path)!r} has no frames")
-    return frames
+        raise _corrupt(path, ext, e) from None
+    if isinstance(result, Iterator):
+        return _guarded(path, ext, result)
+    return result
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8) -> Path:
-    """Write uint8 [T, H, W, 3] to .mp4, .gif or a folder of PNGs (no extension), atomically; returns the path.
+def _guarded(path: Path, ext: str, frames: Iterator) -> Iterator[np.ndarray]:
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except InputError:
+            raise
+        except Exception as e:
+            raise _corrupt(path, ext, e) from None
+        yield frame
 
-    mp4 (H.264, yuv420p) needs even H and W: odd sizes are padded by repeating the last row/column.
+
+def _corrupt(path: Path, ext: str, e: Exception) -> InputError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # not ffmpeg's whole log
+    return InputError(f"cannot read video {shorten(str(path))} (corrupt or not a {ext} file): {shorten(first)}")
+
+
+def _open(path: Path, ext: str):
+    """((H, W), frames the header states or None, iterator of uint8 [H, W, 3]) without decoding pixels."""
+    if ext in FFMPEG_EXTS:
+        return _open_ffmpeg(path)
+    if ext == ".gif":
+        return _open_gif(path)
+    return _image_size(path), 1, iter([_read_image(path)])
+
+
+def write_video(path: str | os.PathLike, frames, fps: float = 8, *,
+                protect: Mapping[str, str | os.PathLike] | None = None) -> Path:
+    """Write uint8 [T, H, W, 3] — or an iterable of such chunks, written as they arrive — to .mp4, .webm, .gif
+    or a folder of PNGs (no extension), atomically; returns the path.
+
+    `protect` maps a label to a path (e.g. {"input": clip, "bundle": folder}) that the output must not be,
+    lie inside, or contain. mp4 / webm (yuv420p) need even H and W: odd sizes are padded by repeating the
+    last row/column.
     """
-    path = check_output_path(path)
+    path = check_output_path(path, protect=protect)
     ext = path.suffix.lower()
-    frames = _check_frames(frames)
-    if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps <= 1000):
-        raise InputError(f"fps must be a number in (0, 1000], got {fps!r}")
-    if ext == ".mp4":
+    check_fps(fps)
+    chunks = _chunks(frames)
+    first = next(chunks)  # the first chunk is checked before anything is written
+    stream = itertools.chain.from_iterable(itertools.chain([first], chunks))
+    if ext in (".mp4", ".webm"):
         with atomic_path(path) as tmp:
-            _write_mp4(tmp, frames, fps)
+            (_write_mp4 if ext == ".mp4" else _write_webm)(tmp, stream, fps)
     elif ext == ".gif":
         with atomic_path(path) as tmp:
-            _write_gif(tmp, frames, fps)
+            _write_gif(tmp, stream, fps)
     else:
-        with atomic_dir(path) as tmp:
-            for i, frame in enumerate(frames):
+        with atomic_dir(path, _is_frame_file) as tmp:
+            for i, frame in enumerate(stream):
                 _write_png(tmp / f"frame_{i:05d}.png", frame)
     return path
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """An output path write_video accepts (known extension, existing parent folder); checked before any work."""
-    path = Path(path)
+def check_output_path(path: str | os.PathLike, *, protect: Mapping[str, str | os.PathLike] | None = None) -> Path:
+    """An output path write_video accepts, checked before any work: a known extension, an existing writable
+    parent folder, nothing there that is not ours to replace, and none of the `protect`ed paths involved."""
+    try:
+        return _check_output_path(Path(path), protect)
+    except OSError as e:  # a name too long, a loop of symlinks, ...
+        raise InputError(f"output {shorten(str(path))} cannot be used: {e.strerror or e}") from None
+
+
+def _check_output_path(path: Path, protect) -> Path:
+    name = shorten(str(path))
+    if len(os.fsencode(path.name)) > _MAX_OUTPUT_NAME:
+        raise InputError(f"output name {shorten(path.name)} has {len(os.fsencode(path.name))} bytes; at most "
+                         f"{_MAX_OUTPUT_NAME} (room for the hidden temp name written beside it)")
     ext = path.suffix.lower()
     if ext and ext not in WRITE_EXTS:
-        raise InputError(f"cannot write {str(path)!r}: extension {ext!r} is not one of {', '.join(WRITE_EXTS)} "
+        raise InputError(f"cannot write {name}: extension {shorten(ext)} is not one of {', '.join(WRITE_EXTS)} "
                          "(or no extension for a folder of PNGs)")
     if not path.parent.is_dir():
-        raise InputError(f"output folder {str(path.parent)!r} does not exist")
+        raise InputError(f"output folder {shorten(str(path.parent))} does not exist")
+    for label, other in (protect or {}).items():
+        if other is not None:
+            _check_apart(path, Path(other), label)
     _check_writable(path.parent)
-    if path.exists() and path.is_dir() != (ext == ""):
-        raise InputError(f"output {str(path)!r} exists and is a {'folder' if path.is_dir() else 'file'}")
+    if ext:
+        if os.path.lexists(path) and not is_regular_file(path):
+            kind = "folder" if path.is_dir() else "symlink" if path.is_symlink() else "special file"
+            raise InputError(f"output {name} exists and is a {kind}; a file output replaces only a regular file")
+    else:
+        check_replaceable(path, _is_frame_file, "output folder")
     return path
+
+
+def _check_apart(out: Path, other: Path, label: str) -> None:
+    """`out` is not `other`, not inside it, and does not contain it (paths resolved, symlinks followed)."""
+    a, b = out.resolve(), other.resolve()
+    if a == b or b in a.parents or a in b.parents:
+        how = "is" if a == b else "lies inside" if b in a.parents else "contains"
+        raise InputError(f"output {shorten(str(out))} {how} the {label} {shorten(str(other))}; "
+                         f"an output never overwrites its {label}")
+
+
+def _is_frame_file(entry: Path) -> bool:
+    return FRAME_NAME.fullmatch(entry.name) is not None and is_regular_file(entry)
+
+
+def check_fps(fps) -> None:
+    """InputError unless fps is a number in (0, 1000]."""
+    if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps <= 1000):
+        raise InputError(f"fps must be a number in (0, 1000], got {shorten(fps)}")
+
+
+def _chunks(frames) -> Iterator[np.ndarray]:
+    """Validated uint8 [n, H, W, 3] chunks, all of one H, W: one array(-like), or an iterator of arrays."""
+    if not isinstance(frames, Iterator):
+        yield _check_frames(frames)
+        return
+    shape = None
+    for chunk in frames:
+        chunk = _check_frames(chunk)
+        if shape is not None and chunk.shape[1:] != shape:
+            raise InputError(f"frames to write change size mid-stream: {chunk.shape[1:3]} after {shape[:2]}")
+        shape = chunk.shape[1:]
+        yield chunk
+    if shape is None:
+        raise InputError("frames to write is empty: no chunks")
 
 
 def _check_writable(folder: Path) -> None:
@@ -96,7 +239,7 @@ def _check_writable(folder: Path) -> None:
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".vdt-write-probe.", suffix=".tmp")
     except OSError as e:
-        raise InputError(f"output folder {str(folder)!r} is not writable: {e.strerror or e}") from None
+        raise InputError(f"output folder {shorten(str(folder))} is not writable: {e.strerror or e}") from None
     os.close(fd)
     os.unlink(probe)
 
@@ -133,56 +276,119 @@ def _read_image(path: Path) -> np.ndarray:
     except InputError:
         raise
     except Exception as e:
-        raise InputError(f"cannot read image {str(path)!r}: {e}") from None
+        raise InputError(f"cannot read image {shorten(str(path))}: {shorten(str(e))}") from None
 
 
-def _read_gif(path: Path) -> np.ndarray:
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) from an image header, without decoding it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception as e:
+        raise InputError(f"cannot read image {shorten(str(path))}: {shorten(str(e))}") from None
+
+
+def _png_folder(path: Path):
+    names = sorted((p for p in path.iterdir() if p.suffix.lower() == ".png"), key=_natural_key)
+    if not names:
+        raise InputError(f"folder {shorten(str(path))} holds no .png frames")
+    hw = _image_size(names[0])
+
+    def frames():
+        for p in names:
+            frame = _read_image(p)
+            if frame.shape[:2] != hw:
+                raise InputError(f"PNG frames in {shorten(str(path))} differ in size: {p.name} is "
+                                 f"{frame.shape[0]}x{frame.shape[1]}, the first is {hw[0]}x{hw[1]}")
+            yield frame
+    return hw, None, frames()
+
+
+def _open_gif(path: Path):
+    """A frame shown k times the shortest duration counts k times (GIF writers, Pillow included, merge
+    identical consecutive frames into one longer frame), k <= 1000; the caller's limits bound the total."""
     from PIL import Image, ImageSequence
 
-    frames, durations = [], []
-    with Image.open(path) as im:
-        for frame in ImageSequence.Iterator(im):
-            frames.append(_to_rgb(np.asarray(frame.convert("RGB"))))
-            durations.append(frame.info.get("duration") or 0)
-    # constant frame rate: a frame shown k times the shortest duration counts k times (GIF writers,
-    # Pillow included, merge identical consecutive frames into one longer frame)
+    im = Image.open(path)
+    try:
+        count = im.n_frames  # walks the frame headers; pixels are decoded one frame at a time below
+        durations = []
+        for i in range(count):
+            im.seek(i)
+            durations.append(im.info.get("duration") or 0)
+        im.seek(0)
+    except Exception:
+        im.close()
+        raise
     base = min((d for d in durations if d > 0), default=0)
-    repeats = [max(1, min(round(d / base), 1000)) if base else 1 for d in durations]
-    return np.repeat(np.stack(frames), repeats, axis=0)
+    repeats = [max(1, min(round(d / base), _GIF_MAX_REPEAT)) if base else 1 for d in durations]
+
+    def frames():
+        try:
+            for frame, k in zip(ImageSequence.Iterator(im), repeats):
+                rgb = _to_rgb(np.asarray(frame.convert("RGB")))
+                for _ in range(k):
+                    yield rgb
+        finally:
+            im.close()
+    return (im.size[1], im.size[0]), count, frames()
 
 
-def _read_ffmpeg(path: Path) -> np.ndarray:
+def _open_ffmpeg(path: Path):
     import imageio_ffmpeg
 
     reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-    meta = next(reader)
+    meta = next(reader)  # ffmpeg's reading of the header; no frame decoded yet
     w, h = meta["size"]
-    frames = [np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3) for buf in reader]
-    return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
+    duration, fps = meta.get("duration") or 0, meta.get("fps") or 0
+    stated = round(duration * fps) if math.isfinite(duration * fps) and duration * fps >= 1 else None
+
+    def frames():
+        try:
+            for buf in reader:
+                yield np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3)
+        finally:
+            reader.close()
+    return (h, w), stated, frames()
 
 
-def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
+def _write_mp4(path: Path, frames: Iterator[np.ndarray], fps: float) -> None:
+    _write_ffmpeg(path, frames, fps, "libx264", ["-crf", "18", "-f", "mp4"])
+
+
+def _write_webm(path: Path, frames: Iterator[np.ndarray], fps: float) -> None:
+    _write_ffmpeg(path, frames, fps, "libvpx-vp9", ["-crf", "30", "-b:v", "0", "-f", "webm"])
+
+
+def _write_ffmpeg(path: Path, frames: Iterator[np.ndarray], fps: float, codec: str, params: list[str]) -> None:
     import imageio_ffmpeg
 
-    t, h, w, _ = frames.shape
-    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")  # even H, W
+    frames = iter(frames)
+    first = next(frames)
+    h, w, _ = first.shape
+    pad = ((0, h % 2), (0, w % 2), (0, 0))  # yuv420p needs even H, W
     writer = imageio_ffmpeg.write_frames(
-        str(path), (frames.shape[2], frames.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-        macro_block_size=1, quality=None, output_params=["-crf", "18", "-f", "mp4"], ffmpeg_log_level="error",
+        str(path), (w + w % 2, h + h % 2), fps=fps, codec=codec, pix_fmt_out="yuv420p",
+        macro_block_size=1, quality=None, output_params=params, ffmpeg_log_level="error",
     )
     writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
+    try:
+        for frame in itertools.chain([first], frames):
+            writer.send(np.ascontiguousarray(np.pad(frame, pad, mode="edge")))
+    finally:
+        writer.close()
 
 
-def _write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
+def _write_gif(path: Path, frames: Iterator[np.ndarray], fps: float) -> None:
     from PIL import Image
 
-    images = [Image.fromarray(f) for f in frames]
+    frames = iter(frames)
+    first = Image.fromarray(next(frames))
     duration = max(int(round(1000 / fps)), 20)
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0,
-                   optimize=False, disposal=1)
+    first.save(path, format="GIF", save_all=True, append_images=(Image.fromarray(f) for f in frames),
+               duration=duration, loop=0, optimize=False, disposal=1)
 
 
 def _write_png(path: Path, frame: np.ndarray) -> None:

@@ -6,8 +6,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vdt_runtime.bundle import TensorSpec
+from vdt_runtime.bundle import TensorSpec, check_io  # noqa: F401 (check_io: re-exported for the backends)
 from vdt_runtime.errors import BackendError, BundleError, InputError
+from vdt_runtime.limits import shorten
 
 
 class Backend(ABC):
@@ -56,19 +57,12 @@ class Backend(ABC):
         return f"<{type(self).__name__} {self.stage} {self.precision} ({self.graph}) on {', '.join(self.providers)}>"
 
 
-def check_io(stage: str, fname: str, kind: str, declared: tuple[TensorSpec, ...], got: list[tuple[str, str]]) -> None:
-    """A model file's real (name, dtype) inputs or outputs must be the manifest's."""
-    want = [(s.name, s.dtype) for s in declared]
-    if want != got:
-        raise BundleError(f"stage {stage!r}: {fname} has {kind} {got}, but the manifest declares {want}")
-
-
 def check_options(backend: str, options: Mapping[str, Any] | None, allowed: Mapping[str, Any]) -> dict[str, Any]:
     """`options` merged over a backend's defaults; an unknown key is refused, listing the allowed ones."""
     if options is None:
         options = {}
     if not isinstance(options, Mapping):
-        raise InputError(f"options must be a dict of backend settings, got {_short(options)}")
+        raise InputError(f"options must be a dict of backend settings, got {shorten(options)}")
     unknown = sorted(set(options) - set(allowed), key=str)
     if unknown:
         raise InputError(f"backend {backend!r} does not take option(s) {', '.join(map(repr, unknown))}; "
@@ -79,17 +73,12 @@ def check_options(backend: str, options: Mapping[str, Any] | None, allowed: Mapp
 def positive_int_or_none(name: str, value: Any) -> int | None:
     """`value` if it is None or an integer >= 1, else InputError."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise InputError(f"{name} must be a positive integer or None, got {_short(value)}")
+        raise InputError(f"{name} must be a positive integer or None, got {shorten(value)}")
     return value
 
 
 def boolean(name: str, value: Any) -> bool:
     """`value` if it is True or False, else InputError."""
     if not isinstance(value, bool):
-        raise InputError(f"{name} must be True or False, got {_short(value)}")
+        raise InputError(f"{name} must be True or False, got {shorten(value)}")
     return value
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

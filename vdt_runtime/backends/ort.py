@@ -14,9 +14,10 @@ import warnings
 import numpy as np
 import onnxruntime as ort
 
-from vdt_runtime.backends.base import Backend, boolean, check_io, positive_int_or_none
+from vdt_runtime.backends.base import Backend, boolean, check_io
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BackendError, InputError
+from vdt_runtime.limits import check_threads
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 # backend choice -> preferred providers, best first
@@ -78,7 +79,7 @@ def session_options(threads: int | None = None, graph_optimization: str = "all",
         raise InputError(
             f"unknown graph_optimization {graph_optimization!r}; choose one of {', '.join(GRAPH_OPTIMIZATION)}"
         )
-    threads, spinning = positive_int_or_none("threads", threads), boolean("spinning", spinning)
+    threads, spinning = check_threads(threads), boolean("spinning", spinning)
     so = ort.SessionOptions()
     so.graph_optimization_level = GRAPH_OPTIMIZATION[graph_optimization]
     if threads is not None:
