@@ -406,6 +406,8 @@ CASES = [
          lambda c: Bundle.load(c.bundle_copy(lambda m, p: m.update(format="x" * 100_000)))),
     Case("bundle-fused-unknown-precision", "BundleError", ("stages.denoiser.fused", "'fp16'", "['fp32']"),
          lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["stages"]["denoiser"]["fused"].update(fp16="x.onnx")))),
+    Case("bundle-sampling-invalid", "BundleError", ("sampling", "unknown sampler 'euler'"),
+         lambda c: Bundle.load(c.bundle_copy(lambda m, p: m.update(sampling={"sampler": "euler", "steps": 10})))),
     Case("fused-not-bool", "InputError", ("fused", "True or False", "'yes'"),
          lambda c: Pipeline.load(c.bundle, backend="cpu", options={"fused": "yes"})),
     # --- checkpoints (vdt_export) --------------------------------------------------------------------

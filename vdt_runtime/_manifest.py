@@ -13,7 +13,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vdt_runtime.errors import BundleError
+from vdt_runtime.errors import BundleError, InputError
 from vdt_runtime.limits import MAX_AXIS, MAX_BUNDLE_FILES, MAX_IMAGE_SIDE, MAX_MANIFEST_BYTES, shorten
 from vdt_runtime.schedule import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES
 
@@ -27,6 +27,7 @@ _MODEL_KEYS = ("input_size", "patch_size", "in_channels", "num_frames", "learn_s
 _DIFFUSION_KEYS = ("beta_schedule", "num_timesteps", "prediction_type", "variance_type")
 _VAE_KEYS = ("scale_factor", "downsample", "latent_channels")
 _STAGE_KEYS = ("files", "inputs", "outputs", "dynamic_axes")
+_SAMPLING_KEYS = {"sampler", "steps", "eta", "note"}
 _IO_COUNT = {"denoiser": (2, 1), "vae_encoder": (1, 1), "vae_decoder": (1, 1)}  # inputs, outputs (at least)
 _AXIS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -125,6 +126,23 @@ def check_manifest(m: dict[str, Any], where: Path) -> None:
     for key in ("exporter", "training", "quantization"):
         if key in m and not isinstance(m[key], dict):
             raise BundleError(f"{where}: {key} must be an object, got {type(m[key]).__name__}")
+    if "sampling" in m:
+        _check_recommended_sampling(m["sampling"], diffusion["num_timesteps"], where)
+
+
+def _check_recommended_sampling(raw: Any, num_timesteps: int, where: Path) -> None:
+    """The optional "sampling" section: {"sampler", "steps", "eta"?, "note"?} that the runtime could run."""
+    from vdt_runtime.samplers import check_sampling
+
+    if not isinstance(raw, dict) or not {"sampler", "steps"} <= raw.keys() or not raw.keys() <= _SAMPLING_KEYS:
+        raise BundleError(f"{where}: sampling must be an object with sampler, steps and optionally eta, note; "
+                          f"got {shorten(raw)}")
+    if "note" in raw:
+        _text(where, "sampling.note", raw["note"])
+    try:
+        check_sampling(raw["sampler"], raw["steps"], raw.get("eta", 0.0), num_timesteps)
+    except InputError as e:
+        raise BundleError(f"{where}: sampling: {e}") from None
 
 
 def check_stage(name: str, raw: Any, m: dict[str, Any]) -> None:

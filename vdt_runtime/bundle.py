@@ -12,6 +12,7 @@ from vdt_runtime._manifest import FORMAT, FORMAT_VERSION, PRECISIONS, STAGES, ch
     check_stage, read_manifest
 from vdt_runtime._onnx_graph import ValueInfo, read_graph_info
 from vdt_runtime.errors import BundleError
+from vdt_runtime.samplers import DEFAULT_SAMPLING, Sampling
 from vdt_runtime.limits import shorten
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "PRECISIONS", "STAGES", "Bundle", "Stage", "TensorSpec", "check_io", "default_bundle_path",
@@ -114,6 +115,17 @@ class Bundle:
     def precision(self) -> str:
         """The default precision of the stages."""
         return self.manifest["precision"]
+
+    @property
+    def recommended_sampling(self) -> Sampling | None:
+        """The sampler, steps and η the manifest recommends (its "sampling" section), or None."""
+        raw = self.manifest.get("sampling")
+        return None if raw is None else Sampling(raw["sampler"], int(raw["steps"]), float(raw.get("eta", 0.0)))
+
+    @property
+    def sampling(self) -> Sampling:
+        """What a call that names no sampler runs: the recommendation, else the runtime's DEFAULT_SAMPLING."""
+        return self.recommended_sampling or DEFAULT_SAMPLING
 
     @property
     def image_size(self) -> int:
@@ -261,6 +273,9 @@ class Bundle:
             f"vae        scale {v['scale_factor']}, downsample /{v['downsample']}, {v['latent_channels']} latent channels, "
             f"image {self.image_size}x{self.image_size}",
         ]
+        rec = self.recommended_sampling
+        lines.append(f"sampling   {rec} (recommended by the manifest)" if rec is not None else
+                     f"sampling   {DEFAULT_SAMPLING} (runtime default; the manifest recommends none)")
         for stage in self.stages.values():
             ins = ", ".join(f"{s.name}{list(s.shape)}" for s in stage.inputs)
             outs = ", ".join(f"{s.name}{list(s.shape)}" for s in stage.outputs)

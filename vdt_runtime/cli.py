@@ -88,10 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--box-frames", type=_int_list, help="frames the box applies to (inpaint; default all)")
         sp.add_argument("--mask", type=Path, help=".npy mask, 1 = generate, latent or pixel size (inpaint)")
         sp.add_argument("--window", type=int, help="frames per window (rollout; default max_frames)")
-        sp.add_argument("--steps", type=int, default=50)
-        sp.add_argument("--sampler", default="ddpm", choices=list(SAMPLERS))
-        sp.add_argument("--eta", type=float, default=0.0,
-                        help="noise level for ddim and dpmpp: 0 = deterministic, 1 = DDPM-like / DPM-Solver++ SDE")
+        sp.add_argument("--sampler", choices=list(SAMPLERS),
+                        help="default: the bundle's recommended sampler (vdt info shows it; else ddpm)")
+        sp.add_argument("--steps", type=int,
+                        help="denoiser calls (default: the bundle's recommendation for its sampler, else 50)")
+        sp.add_argument("--eta", type=float, help="noise level for ddim and dpmpp: 0 = deterministic, "
+                        "1 = DDPM-like / DPM-Solver++ SDE (default: the recommendation's, else 0)")
 
     r = sub.add_parser("run", help="generate a video for a task")
     r.add_argument("--input", type=Path, help="video file, image or PNG folder (not needed for unconditional)")
@@ -135,9 +137,9 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="per-stage time table on a random predict workload")
     b.add_argument("bundle", type=Path, nargs="?", default=None)
-    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--steps", type=int, help="default: the bundle's recommendation for the sampler, else 50")
     b.add_argument("--repeat", type=int, default=3)
-    b.add_argument("--sampler", default="ddpm", choices=list(SAMPLERS))
+    b.add_argument("--sampler", choices=list(SAMPLERS), help="default: the bundle's recommended sampler")
     backend_args(b)
     return p
 
@@ -221,7 +223,7 @@ def _run(args) -> int:
     result = pipe.generate([request], progress=not args.no_progress, timings=args.timings)[0]
     out = write_video(args.out, result.frames, fps=args.fps, protect=protect)
     t, h, w, _ = result.frames.shape
-    print(f"wrote {out} ({t} frames {h}x{w}; denoiser on {', '.join(result.providers['denoiser'])})")
+    print(f"wrote {out} ({t} frames {h}x{w}; {result.sampling}; denoiser on {', '.join(result.providers['denoiser'])})")
     _print_timings(result.timings)
     return 0
 
@@ -323,12 +325,15 @@ def _bench(args) -> int:
     header = f"{'stage':<12} {'providers':<28} {'precision':<11} {'batch':>5} {'frames':>6} {'steps':>5} {'median s':>10}"
     print(header)
     print("-" * len(header))
+    ran = result.sampling
+    sampler_cell = f"numpy: {ran.sampler}" + (f" eta {ran.eta:g}" if ran.eta else "")  # what sampled
     for stage, backend_stage, batch in rows:
         median = statistics.median(r.get(stage, 0.0) for r in runs)
         backend = pipe.backends.get(backend_stage) if backend_stage else None
-        providers = ", ".join(p.replace("ExecutionProvider", "") for p in backend.providers) if backend else ("numpy" if stage == "sampler" else "-")
+        providers = ", ".join(p.replace("ExecutionProvider", "") for p in backend.providers) if backend else (
+            sampler_cell if stage == "sampler" else "-")
         precision = (backend.precision + ("+fused" if backend.graph == "fused" else "")) if backend else "-"
-        steps = str(args.steps) if stage in ("denoiser", "sampler", "total") else "-"
+        steps = str(ran.steps) if stage in ("denoiser", "sampler", "total") else "-"
         print(f"{stage:<12} {providers:<28} {precision:<11} {batch:>5} {frames_total:>6} {steps:>5} {median:>10.4f}")
     return 0
 

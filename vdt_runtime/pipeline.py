@@ -15,7 +15,7 @@ from vdt_runtime.bundle import STAGES, Bundle, default_bundle_path
 from vdt_runtime.errors import InputError
 from vdt_runtime.limits import DEFAULT_VAE_SLICE_PIXELS, MAX_ROLLOUT_FRAMES
 from vdt_runtime.requests import ROLLOUT, Plan, Request, as_frames
-from vdt_runtime.samplers import get_sampler, standard_normal
+from vdt_runtime.samplers import ETA_SAMPLERS, Sampling, get_sampler, standard_normal
 from vdt_runtime.schedule import Schedule, _check_int, make_schedule
 from vdt_runtime.timing import Timer
 
@@ -30,6 +30,7 @@ class Result:
     mask: np.ndarray  # float32 [T, h, w] latent mask, 1 = generated, 0 = given
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds of its batch (when asked for)
     providers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # stage -> what really ran
+    sampling: Sampling | None = None  # the sampler, steps and η that ran
 
 
 class RolloutStream:
@@ -195,15 +196,15 @@ class Pipeline:
                         outs, masks = self._rollout(batch, sampling, rngs, timer, bar)
                 for i, out, m in zip(chunk, outs, masks):
                     results[i] = Result(frames=out, mask=m, timings=dict(timer.seconds) if timings else {},
-                                        providers=self.providers)
+                                        providers=self.providers, sampling=batch[0].sampling)
         finally:
             if bar is not None:
                 bar.close()
         return results
 
     def run(self, frames: Frames = None, *, mask=None, task: str | None = None, total: int | None = None,
-            cond=None, stride=None, given=None, box=None, box_frames=None, steps: int = 50,
-            sampler: str = "ddpm", eta: float = 0.0, seed: int = 0, progress: bool = False,
+            cond=None, stride=None, given=None, box=None, box_frames=None, steps: int | None = None,
+            sampler: str | None = None, eta: float | None = None, seed: int = 0, progress: bool = False,
             timings: bool = False) -> Result:
         """Generate `total` frames under a task's mask or a user `mask` (1 = generate).
 
@@ -297,7 +298,7 @@ class Pipeline:
         d = self.bundle.diffusion
         schedule = make_schedule(steps, num_timesteps=d["num_timesteps"], beta_schedule=d["beta_schedule"],
                                  prediction_type=d["prediction_type"], variance_type=d["variance_type"])
-        return _Sampling(get_sampler(sampler), schedule, {"eta": eta} if sampler in ("ddim", "dpmpp") else {})
+        return _Sampling(get_sampler(sampler), schedule, {"eta": eta} if sampler in ETA_SAMPLERS else {})
 
     def _batch(self, plans: list[Plan], s: _Sampling, rngs: list[np.random.Generator], timer: Timer,
                bar) -> list[np.ndarray]:

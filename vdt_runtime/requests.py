@@ -7,7 +7,6 @@ server and the batch job all build a `Request`; `Pipeline.generate` runs a list 
 """
 from __future__ import annotations
 
-import math
 import numbers
 import os
 import warnings
@@ -20,7 +19,8 @@ from vdt_runtime._arrays import as_array
 from vdt_runtime.errors import InputError
 from vdt_runtime.limits import MAX_STREAMED_FRAMES, shorten
 from vdt_runtime.masks import box_mask, check_not_all_given, check_hw, frame_indices, user_mask
-from vdt_runtime.samplers import SAMPLERS
+from vdt_runtime.samplers import DEFAULT_SAMPLING, ETA_SAMPLERS, SAMPLERS, Sampling, check_sampling
+from vdt_runtime.samplers._common import check_eta
 from vdt_runtime.schedule import _check_int
 
 
@@ -116,7 +116,10 @@ class Request:
     total    output frames (default: the bundle's trained length; interpolate (N − 1)·stride + 1; inpaint N;
              a user mask its T)
     cond, stride, given, box, box_frames, window   the task's arguments (only those it takes)
-    steps, sampler, eta, seed   sampling; the same request gives byte-identical frames alone or in any batch
+    steps, sampler, eta, seed   sampling; the same request gives byte-identical frames alone or in any batch.
+             Without `sampler`, the bundle's recommended sampler, steps and η run (bundle.sampling: the manifest's
+             "sampling", else DDPM 50); `steps` or `eta` given alone replace just that value. A sampler other than
+             the recommended one defaults to 50 steps and η = 0.
     """
 
     task: str | None = None
@@ -130,9 +133,9 @@ class Request:
     box_frames: Sequence[int] | None = None
     window: int | None = None
     at: Sequence[int] | None = None
-    steps: int = 50
-    sampler: str = "ddpm"
-    eta: float = 0.0
+    steps: int | None = None
+    sampler: str | None = None
+    eta: float | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -153,34 +156,36 @@ class Request:
                     raise InputError(f"task 'rollout' needs {name}")
         else:
             _takes(self.task, args)
-        if not isinstance(self.sampler, str) or self.sampler not in SAMPLERS:
+        if self.sampler is not None and (not isinstance(self.sampler, str) or self.sampler not in SAMPLERS):
             raise InputError(f"unknown sampler {shorten(self.sampler)}; expected one of {', '.join(SAMPLERS)}")
-        if self.sampler not in ("ddim", "dpmpp") and self.eta != 0.0:
+        if self.sampler is not None and self.sampler not in ETA_SAMPLERS and self.eta not in (None, 0.0):
             raise InputError(f"eta={shorten(self.eta)} applies only to samplers 'ddim' and 'dpmpp', not {shorten(self.sampler)}")
-        if self.sampler in ("ddim", "dpmpp") and (isinstance(self.eta, bool) or not isinstance(self.eta, numbers.Real)
-                                                   or not math.isfinite(self.eta) or self.eta < 0):
-            raise InputError(f"eta must be a finite number >= 0, got {shorten(self.eta)}")
+        if self.eta is not None:
+            check_eta(self.eta)
         seed = self.seed
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
             raise InputError(f"seed must be an integer in 0..2**63-1, got {shorten(seed)}")
         if self.frames is not None and self.task == "unconditional" and self.at is None:
             raise InputError("task 'unconditional' takes no frames")
 
-    @property
-    def sampling(self) -> tuple[str, int, float]:
-        """(sampler, steps, eta): requests batch together only when these (and the total) match."""
-        return self.sampler, self.steps, float(self.eta)
+    def sampling(self, bundle) -> Sampling:
+        """(sampler, steps, eta) that run on `bundle`: the caller's, completed from the bundle's recommendation."""
+        base = bundle.sampling
+        if self.sampler is not None and self.sampler != base.sampler:
+            base = DEFAULT_SAMPLING._replace(sampler=self.sampler)
+        return check_sampling(base.sampler, base.steps if self.steps is None else self.steps,
+                              base.eta if self.eta is None else self.eta, bundle.diffusion["num_timesteps"])
 
     def plan(self, bundle) -> "Plan":
         """Check this request against a bundle's sizes; frames placed on the output timeline and the latent mask."""
-        _check_int("steps", self.steps, 1, int(bundle.diffusion["num_timesteps"]))
+        sampling = self.sampling(bundle)
         frames = self.frames
         if self.task == "image_to_video" and isinstance(frames, np.ndarray) and frames.ndim == 3:
             frames = frames[None]  # one image
         video = as_frames(frames, bundle.image_size)
         n = 0 if video is None else len(video)
         if self.task == ROLLOUT:
-            return self._plan_rollout(bundle, video)
+            return self._plan_rollout(bundle, video, sampling)
         total, m, slots, what = self._mask(bundle, n)
         if self.at is not None or self.mask is not None:  # frames at explicit positions (default 0, 1, 2, …)
             if n > total:
@@ -197,7 +202,7 @@ class Request:
         missing = sorted(set(given.tolist()) - set(list(slots)[:n]))
         if missing:
             raise InputError(f"{what} gives frame(s) {missing} but only {n} frame(s) were supplied")
-        return Plan(total=total, mask=m, frames=placed, sampling=self.sampling, seed=int(self.seed))
+        return Plan(total=total, mask=m, frames=placed, sampling=sampling, seed=int(self.seed))
 
     def _mask(self, bundle, n: int) -> tuple[int, np.ndarray, Sequence[int], str]:
         """(total, latent mask [T, h, w], the task's slots for the n supplied frames, a name for messages)."""
@@ -226,7 +231,7 @@ class Request:
         named = ", ".join(f"{k}={shorten(v)}" for k, v in {**args, "total": total}.items() if v is not None)
         return total, m, slots, f"task {shorten(self.task)} ({named})"
 
-    def _plan_rollout(self, bundle, video: np.ndarray) -> "Plan":
+    def _plan_rollout(self, bundle, video: np.ndarray, sampling: Sampling) -> "Plan":
         n = len(video)
         if self.at is not None:
             raise InputError("task 'rollout' does not take at=; its frames start the video")
@@ -235,7 +240,7 @@ class Request:
         total = _check_int("total", self.total, cond + 1, MAX_STREAMED_FRAMES)
         if n < cond:
             raise InputError(f"task 'rollout' (cond={cond}) needs {cond} input frame(s), got {n}")
-        return Plan(total=total, mask=None, frames=video[:cond], sampling=self.sampling, seed=int(self.seed),
+        return Plan(total=total, mask=None, frames=video[:cond], sampling=sampling, seed=int(self.seed),
                     cond=cond, window=window)
 
 
@@ -246,7 +251,7 @@ class Plan:
     total: int
     mask: np.ndarray | None  # float32 [T, h, w], 1 = generate (None for a rollout: one predict mask per window)
     frames: np.ndarray | None  # uint8 [T, H, W, 3] on the output timeline, zeros where not given (rollout: the start)
-    sampling: tuple[str, int, float]
+    sampling: Sampling  # (sampler, steps, eta) resolved for the bundle
     seed: int
     cond: int | None = None  # rollout only
     window: int | None = None  # rollout only
