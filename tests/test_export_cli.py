@@ -71,9 +71,19 @@ def test_onnx_random_init_then_verify(tmp_path, capsys):
 def test_onnx_no_fused_writes_the_standard_graph_only(tmp_path):
     out = tmp_path / "plain"
     assert main(["onnx", "--random-init", "1", "--vae-config", "tiny", "--config", "VDT-tiny", "--image-size", "8",
-                 "--num-frames", "2", "--no-fused", "--out", str(out)]) == 0
+                 "--num-frames", "2", "--no-fused", "--sampling", "ddim:10", "--sampling-note", "eval", "--out",
+                 str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert "fused" not in manifest["stages"]["denoiser"] and not (out / "denoiser.fused.onnx").exists()
+    assert manifest["sampling"] == {"sampler": "ddim", "steps": 10, "eta": 0.0, "note": "eval"}
+
+
+@pytest.mark.parametrize("value,match", [("ddim", "sampler:steps"), ("euler:10", "unknown sampler"),
+                                         ("ddpm:50:1", "applies only to samplers")])
+def test_onnx_bad_sampling_refused_before_exporting(tmp_path, capsys, value, match):
+    assert main(["onnx", "--random-init", "1", "--vae-config", "tiny", "--config", "VDT-tiny", "--image-size", "8",
+                 "--num-frames", "2", "--sampling", value, "--out", str(tmp_path / "b")]) == 2
+    assert match in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
 def test_checkpoint_export_errors_are_clear(tmp_path, capsys):

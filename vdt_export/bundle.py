@@ -14,6 +14,7 @@ import torch.nn as nn
 from vdt_runtime._atomic import atomic_dir, atomic_path
 from vdt_runtime.bundle import sha256_file as hash_file  # re-exported: one hashing routine for both sides
 from vdt_runtime.errors import BundleError, InputError
+from vdt_runtime.samplers import check_sampling
 
 from . import __version__
 from .models import VDT
@@ -168,14 +169,28 @@ def _with_max_frames(vdt: VDT, max_frames: int | None) -> VDT:
     return copy.eval()
 
 
+def recommended_sampling(sampling: Mapping, diffusion: Mapping) -> dict:
+    """The manifest's optional "sampling" section: the sampler, steps and η a call that names none runs, checked
+    as the runtime checks it (plus an optional free-text "note", e.g. the eval that chose it)."""
+    extra = set(sampling) - {"sampler", "steps", "eta", "note"}
+    if extra:
+        raise InputError(f"sampling has unknown key(s) {sorted(extra)}; allowed: sampler, steps, eta, note")
+    choice = check_sampling(sampling.get("sampler"), sampling.get("steps"), sampling.get("eta", 0.0),
+                            diffusion["num_timesteps"])
+    out = choice._asdict()
+    if sampling.get("note"):
+        out["note"] = str(sampling["note"])
+    return out
+
+
 def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name: str, image_size: int,
                   scale_factor: float = SD_SCALE_FACTOR, diffusion: Mapping | None = None,
                   max_frames: int | None = None, max_batch: int = 16, training: Mapping | None = None,
-                  fused: bool = True, verbose: bool = False) -> Path:
+                  sampling: Mapping | None = None, fused: bool = True, verbose: bool = False) -> Path:
     """Export denoiser + VAE encoder/decoder + manifest.json into `out_dir`; an existing bundle there is replaced
     only once the new one is complete. `fused` adds the onnxruntime-fused denoiser graph beside the portable one
     (stages.denoiser.fused); the denoiser graphs keep their weights in one shared file, DENOISER_DATA.
-    Returns `out_dir`."""
+    `sampling` ({"sampler", "steps", "eta"?, "note"?}) is the bundle's recommended sampler. Returns `out_dir`."""
     out_dir = Path(out_dir)
     f = downsample_factor(vae)
     if image_size != vdt.config.input_size * f:
@@ -189,6 +204,8 @@ def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name:
     manifest = build_manifest(vdt, vae, name=name, image_size=image_size, scale_factor=scale_factor,
                               diffusion=diffusion_config(vdt.config.learn_sigma, diffusion), max_batch=max_batch,
                               training=training)
+    if sampling is not None:
+        manifest["sampling"] = recommended_sampling(sampling, manifest["diffusion"])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # an old bundle at out_dir is replaced only once this one is complete, and only if it holds nothing else
     with atomic_dir(out_dir, bundle_owned(out_dir), "bundle folder") as staging:

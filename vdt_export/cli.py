@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="default: learned_range when the model outputs 2C channels, else fixed_small")
     onnx.add_argument("--scale-factor", type=float,
                       help="VAE latent scale (default: a checkpoint folder's, else the VAE config's, 0.18215 for SD)")
+    onnx.add_argument("--sampling", metavar="SAMPLER:STEPS[:ETA]",
+                      help="the bundle's recommended sampler, e.g. ddim:10 or dpmpp:20:1 (what `vdt run` uses when "
+                           "the caller names none; default: none recorded, the runtime runs ddpm:50)")
+    onnx.add_argument("--sampling-note", help="why that sampler (e.g. the eval that chose it); kept in the manifest")
     onnx.add_argument("--out", type=Path, required=True, help="bundle folder, e.g. engines/NAME")
     onnx.add_argument("--name", help="bundle name (default: the --out folder's name)")
     onnx.add_argument("--no-fused", dest="fused", action="store_false",
@@ -102,6 +106,8 @@ def _random_vdt(config: VDTConfig, max_frames: int | None, seed: int) -> VDT:
 
 
 def _cmd_onnx(args) -> int:
+    from vdt_runtime.samplers import parse_sampling
+
     from .bundle import export_bundle
     from .checkpoint import load_checkpoint_folder, load_vdt
     from .vae import downsample_factor, latent_channels
@@ -135,10 +141,15 @@ def _cmd_onnx(args) -> int:
         diffusion["prediction_type"] = args.prediction_type or "epsilon"
     if args.variance_type:
         diffusion["variance_type"] = args.variance_type
+    sampling = None
+    if args.sampling is not None:
+        sampler, steps, eta = parse_sampling(args.sampling)
+        sampling = {"sampler": sampler, "steps": steps, "eta": eta, "note": args.sampling_note}
     scale = args.scale_factor or (folder.scale_factor if folder is not None else float(vae.config.scaling_factor))
     out = export_bundle(vdt, vae, args.out, name=args.name or args.out.name, image_size=vdt.config.input_size * f,
                         scale_factor=scale, diffusion=diffusion,
-                        max_frames=args.max_frames, max_batch=args.max_batch, training=source, fused=args.fused,
+                        max_frames=args.max_frames, max_batch=args.max_batch, training=source, sampling=sampling,
+                        fused=args.fused,
                         verbose=args.verbose)
     print(f"wrote bundle {out} (VDT {vdt.config.depth}×{vdt.config.hidden_size}, "
           f"T ≤ {args.max_frames or vdt.config.num_frames}, image {vdt.config.input_size * f}px)")
