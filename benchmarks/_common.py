@@ -81,11 +81,14 @@ def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, warmu
 
 
 def parse_run(text: str) -> tuple[str, int, float]:
-    """'sampler:steps' or 'sampler:steps:eta' → (sampler, steps, eta)."""
-    parts = text.split(":")
-    if len(parts) not in (2, 3):
-        raise argparse.ArgumentTypeError(f"expected sampler:steps[:eta], got {text!r}")
-    return parts[0], int(parts[1]), float(parts[2]) if len(parts) == 3 else 0.0
+    """'sampler:steps' or 'sampler:steps:eta' → (sampler, steps, eta), for argparse."""
+    from vdt_runtime.errors import InputError
+    from vdt_runtime.samplers import parse_sampling
+
+    try:
+        return parse_sampling(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def median(xs: list[float]) -> float:

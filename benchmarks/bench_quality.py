@@ -29,10 +29,12 @@ def main(argv=None):
     ap.add_argument("--precision", default=None, help="e.g. int8 (default: the bundle's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", nargs="+", type=parse_run, default=RUNS, help="sampler:steps[:eta] …")
+    ap.add_argument("--reference", type=parse_run, default=REFERENCE,
+                    help="the run every row is compared with (default ddpm:250)")
     args = ap.parse_args(argv)
     runs = list(args.runs)
-    if REFERENCE not in runs:
-        runs.insert(0, REFERENCE)
+    if args.reference not in runs:
+        runs.insert(0, args.reference)
 
     from vdt_runtime import Pipeline
 
@@ -41,7 +43,8 @@ def main(argv=None):
     for sampler, steps, eta in runs:
         print(f"{sampler} {steps} steps η={eta:g} …", file=sys.stderr, flush=True)
         results[(sampler, steps, eta)] = evaluate(pipe, args.clips, steps, sampler, args.seed, progress=False, eta=eta)
-    ref = results[REFERENCE]["arrays"]["model"]
+    ref = results[args.reference]["arrays"]["model"]
+    ref_name = f"{args.reference[0].upper()}-{args.reference[1]}"
     rows = []
     for (sampler, steps, eta), res in results.items():
         m = res["arrays"]["model"]
@@ -49,9 +52,9 @@ def main(argv=None):
         rows.append({"sampler": sampler, "η": f"{eta:g}", "steps": steps, "PSNR dB": f"{m['psnr'].mean():.2f}",
                      "pos err px": f"{m['pos'].mean():.2f}", "at +8": f"{m['pos+8'].mean():.2f}",
                      "missing ball": f"{res['missing']['model']}/{args.clips * 8}",
-                     "Δ pos err vs DDPM-250 (paired)": paired(m["pos"], ref["pos"]),
+                     f"Δ pos err vs {ref_name} (paired)": paired(m["pos"], ref["pos"]),
                      "relative": f"{100 * rel:+.1f} %", "seconds": f"{res['seconds']:.1f}"})
-    base = results[REFERENCE]["arrays"]
+    base = results[args.reference]["arrays"]
     baseline = " · ".join(f"{n} pos err {base[n]['pos'].mean():.2f} px, PSNR {base[n]['psnr'].mean():.2f} dB"
                           for n in ("copy_last", "const_velocity"))
     note = " · TRAINING WAS RUNNING: provisional" if training_running() else ""
