@@ -1,6 +1,6 @@
 """Write the example input clips and one picture per task for the README.
 
-    python samples/make_samples.py [--bundle engines/default] [--steps 50]
+    python samples/make_samples.py [--bundle engines/default] [--sampling ddim:10]
 
 Inputs: samples/bounce.gif (8 frames, for `vdt run --task predict`) and samples/bounce16.gif (16).
 Pictures: samples/tasks/<task>.gif — each frame shows the true clip (left) and the model's clip (right);
@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from vdt_export import bouncing  # noqa: E402  (numpy only)
 from vdt_runtime import Pipeline  # noqa: E402
+from vdt_runtime.samplers import parse_sampling  # noqa: E402
 from vdt_runtime.video import write_video  # noqa: E402
 
 GIVEN, GENERATED = np.array([40, 170, 60], np.uint8), np.array([220, 50, 40], np.uint8)
@@ -46,7 +47,8 @@ def framed(frames: np.ndarray, generated: np.ndarray, scale: int = 3) -> np.ndar
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default=str(HERE.parent / "engines" / "default"))
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--sampling", type=parse_sampling, default=(None, None, None), metavar="SAMPLER:STEPS[:ETA]",
+                    help="default: the bundle's recommended sampler")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     truth = bouncing.clip(bouncing.EVAL_SEED_BASE + 11)  # held out; falls, bounces off the floor at frame 11
@@ -56,14 +58,15 @@ def main(argv=None):
     (HERE / "tasks").mkdir(exist_ok=True)
     rows = []
     for name, kw in TASKS.items():
-        res = pipe.run(truth, steps=args.steps, seed=args.seed, **kw)
+        sampler, steps, eta = args.sampling
+        res = pipe.run(truth, sampler=sampler, steps=steps, eta=eta, seed=args.seed, **kw)
         generated = res.mask.reshape(len(truth), -1).max(axis=1) > 0
         left, right = framed(truth, generated), framed(res.frames, generated)
         gap = np.full((len(truth), left.shape[1], 6, 3), 255, np.uint8)
         write_video(HERE / "tasks" / f"{name}.gif", np.concatenate([left, gap, right], axis=2), fps=4)
         rows += [np.concatenate(list(left), axis=1), np.concatenate(list(right), axis=1)]
         rows.append(np.full((8, rows[-1].shape[1], 3), 255, np.uint8))
-        print(f"{name}: done")
+        print(f"{name}: done ({res.sampling})")
     imageio.imwrite(HERE / "tasks" / "strip.png", np.concatenate(rows[:-1], axis=0))
 
 

@@ -36,6 +36,7 @@ def test_default_bundle_hashes_match_and_it_describes_the_physics_model():
     assert bundle.image_size == 32 and bundle.num_frames == 16
     assert bundle.diffusion["prediction_type"] in ("epsilon", "v")
     assert "bouncing" in str(bundle.manifest.get("training", {}))
+    assert bundle.recommended_sampling is not None  # chosen by the eval, BENCHMARKS.md §4
 
 
 def test_readme_first_command_runs_without_torch(tmp_path):
