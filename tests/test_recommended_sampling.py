@@ -117,3 +117,9 @@ def test_exporter_records_and_checks_the_recommendation(tiny_bundle):
         recommended_sampling({"sampler": "ddim", "steps": 5000}, diffusion)
     with pytest.raises(InputError, match="unknown key"):
         recommended_sampling({"sampler": "ddim", "steps": 5, "speed": 1}, diffusion)
+
+
+def test_cli_bench_runs_and_names_the_recommendation(ddim_bundle, capsys):
+    assert main(["bench", str(ddim_bundle), "--repeat", "1", "--backend", "cpu"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("sampler"))
+    assert "numpy: ddim" in row and row.split()[-2] == "3"  # steps column
