@@ -31,7 +31,7 @@ def rows_for(name: str, pipe, args) -> list[dict]:
     size, total = pipe.image_size, pipe.bundle.num_frames
     cond = total // 2
     clips = rng.integers(0, 256, (args.videos, cond, size, size, 3), dtype=np.uint8)
-    requests = [Request(task="predict", frames=c, cond=cond, total=total, steps=args.steps, seed=i)
+    requests = [Request(task="predict", frames=c, cond=cond, total=total, sampler="ddpm", steps=args.steps, seed=i)
                 for i, c in enumerate(clips)]
 
     def work(b):

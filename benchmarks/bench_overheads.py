@@ -40,7 +40,7 @@ t2 = time.perf_counter()
 if int(sys.argv[2]):
     from vdt_export import bouncing
     frames = bouncing.clip(bouncing.EVAL_SEED_BASE)[:{cond}]
-    pipe.predict(frames, cond={cond}, total={total}, steps=int(sys.argv[2]), seed=0)
+    pipe.predict(frames, cond={cond}, total={total}, sampler="ddpm", steps=int(sys.argv[2]), seed=0)
 print(t1 - t0, t2 - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _hwm(), "torch" in sys.modules)
 """.format(cond=COND, total=TOTAL)
 
