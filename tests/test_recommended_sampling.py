@@ -123,3 +123,10 @@ def test_cli_bench_runs_and_names_the_recommendation(ddim_bundle, capsys):
     assert main(["bench", str(ddim_bundle), "--repeat", "1", "--backend", "cpu"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("sampler"))
     assert "numpy: ddim" in row and row.split()[-2] == "3"  # steps column
+
+
+def test_eta_alone_is_checked_against_the_bundles_sampler(tiny_pipeline, ddim_pipe, clip):
+    """Without a sampler, eta's validity depends on the bundle: refused where the default is DDPM."""
+    with pytest.raises(InputError, match="applies only to samplers"):
+        tiny_pipeline.predict(clip, cond=2, total=3, eta=0.5)
+    assert ddim_pipe.predict(clip, cond=2, total=3, eta=0.5, steps=1).sampling == Sampling("ddim", 1, 0.5)

@@ -122,7 +122,7 @@ def test_every_request_is_checked_before_any_backend_runs(pipe, clip, monkeypatc
     (dict(task="rollout", frames=np.zeros((2, 16, 16, 3), np.uint8), cond=1, total=9, stride=2), "stride"),
     (dict(task="unconditional", window=3), "window"),
     (dict(task="unconditional", sampler="euler"), "'euler'"),
-    (dict(task="unconditional", eta=0.5), "eta"),
+    (dict(task="unconditional", sampler="ddpm", eta=0.5), "eta"),  # no sampler: checked at plan (the bundle's)
     (dict(task="unconditional", sampler="ddim", eta=-1.0), "eta"),
     (dict(task="unconditional", seed=-1), "seed"),
 ])
