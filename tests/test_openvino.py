@@ -104,8 +104,9 @@ def test_options_validated(bundle, tmp_path):
         open_backend(bundle, "vae_decoder", "openvino", options={"device": "TPU"})
     with pytest.raises(InputError, match="device must be a device name"):
         open_backend(bundle, "vae_decoder", "openvino", options={"device": 3})
-    with pytest.raises(InputError, match="threads must be a positive integer"):
-        open_backend(bundle, "vae_decoder", "openvino", options={"threads": 0})
+    for threads in (0, 100_000):  # the same cap as onnxruntime's (limits.MAX_THREADS)
+        with pytest.raises(InputError, match=r"threads must be an integer in 1\.\.256"):
+            open_backend(bundle, "vae_decoder", "openvino", options={"threads": threads})
     with pytest.raises(InputError, match="num_streams must be a positive integer"):
         open_backend(bundle, "vae_decoder", "openvino", options={"num_streams": "2"})
     with pytest.raises(InputError, match="inside the bundle"):

@@ -19,6 +19,7 @@ import numpy as np
 from vdt_runtime.backends.base import Backend, check_io, positive_int_or_none
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BackendError, InputError
+from vdt_runtime.limits import check_threads
 
 PRECISIONS = ("fp32", "bf16", "int8")
 # device: an OpenVINO device name ("CPU", "GPU", "GPU.1", "NPU", "AUTO", ...); threads: INFERENCE_NUM_THREADS;
@@ -162,7 +163,7 @@ def _config(bundle: Bundle, options: dict) -> tuple[str, dict]:
     if device.split(":")[0] not in _VIRTUAL and device.split(".")[0] not in {d.split(".")[0] for d in have}:
         raise BackendError(f"openvino device {device!r} is not on this machine; it has: {', '.join(have)}")
     config = {}
-    threads = positive_int_or_none("threads", options["threads"])
+    threads = check_threads(options["threads"])
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
     streams = positive_int_or_none("num_streams", options["num_streams"])
