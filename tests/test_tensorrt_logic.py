@@ -60,6 +60,28 @@ def _spec(bundle, **kw):
     return te.build_spec(bundle, "denoiser", "fp32", **kw)
 
 
+def test_key_covers_external_weights(tmp_path):
+    """engines/default's denoiser graphs read one shared denoiser.data: new weights there, with denoiser.onnx
+    byte-identical, must give another engine key (a stale engine is never reused)."""
+    import shutil
+
+    from vdt_runtime.bundle import Bundle, default_bundle_path, sha256_file
+
+    copy = tmp_path / "default"
+    shutil.copytree(default_bundle_path(), copy)
+    before = te.build_spec(Bundle.load(copy), "denoiser", "fp32")
+    assert before.onnx_sha256 != Bundle.load(copy).manifest["files"]["denoiser.onnx"]["sha256"]
+    data = copy / "denoiser.data"
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 0xFF  # one weight byte
+    data.write_bytes(bytes(raw))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["denoiser.data"]["sha256"] = sha256_file(data)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    after = te.build_spec(Bundle.load(copy), "denoiser", "fp32")
+    assert after.onnx_sha256 != before.onnx_sha256 and after.key(H100) != before.key(H100)
+
+
 def test_key_depends_on_everything_that_built_the_engine(bundle):
     base = _spec(bundle)
     k = base.key(H100)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -233,10 +234,21 @@ class Bundle:
                 check_relative(location)
             except BundleError:
                 raise BundleError(f"{fname} keeps tensor data in {shorten(location)}, outside the bundle folder") from None
-            name = (PurePosixPath(fname).parent / location).as_posix()
+            name = _data_name(fname, location)
             if name not in self.manifest["files"]:
                 raise BundleError(f"{fname} keeps tensor data in {shorten(name)}, which the manifest's files do not "
                                   "list (so it could not be verified)")
+
+    def content_sha256(self, fname: str) -> str:
+        """What a stage file's graph computes, as one digest: the file's listed sha256 alone for a self-contained
+        ONNX, else sha256 over it and the listed sha256 of every external data file it reads (weights shared by two
+        graphs change the result without changing either .onnx file)."""
+        files = self.manifest["files"]
+        data = sorted(_data_name(fname, loc) for loc in read_graph_info(self.path / fname).external)
+        if not data:
+            return files[fname]["sha256"]
+        blob = json.dumps([[name, files[name]["sha256"]] for name in [fname, *data]])
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     def _check_dims(self, stage: Stage, fname: str, spec: TensorSpec, value: ValueInfo) -> None:
         """Fixed dims equal; a dim the graph fixes is not declared dynamic; a k*x pixel dim has k = vae.downsample."""
@@ -315,3 +327,8 @@ def _parse_stage(name: str, raw: dict) -> Stage:
         dynamic_axes={k: dict(v) for k, v in raw["dynamic_axes"].items()},
         fused=dict(raw.get("fused", {})),
     )
+
+
+def _data_name(fname: str, location: str) -> str:
+    """The bundle-relative name of an external data `location` that ONNX file `fname` refers to."""
+    return (PurePosixPath(fname).parent / location).as_posix()

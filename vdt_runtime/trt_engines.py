@@ -132,7 +132,7 @@ class BuildSpec:
     bundle: str
     stage: str
     precision: str
-    onnx_sha256: str
+    onnx_sha256: str  # Bundle.content_sha256: the .onnx and every external data file it reads
     profiles: tuple[Profile, ...]
     workspace_gb: float = 4.0
     tf32: bool = False  # off: fp32 engines stay fp32 (parity with onnxruntime); on: TF32 MatMuls on Ampere+
@@ -231,7 +231,7 @@ def build_spec(bundle: Bundle, stage: str, precision: str, *, frame_buckets: tup
                          f"it has: {', '.join(spec.files)}")
     fname = spec.files[precision]
     return BuildSpec(bundle=bundle.name, stage=stage, precision=precision,
-                     onnx_sha256=bundle.manifest["files"][fname]["sha256"],
+                     onnx_sha256=bundle.content_sha256(fname),
                      profiles=tuple(profiles(spec, tuple(frame_buckets))), **flags)
 
 
