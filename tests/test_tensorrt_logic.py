@@ -142,11 +142,6 @@ def test_cache_finds_checks_and_refuses(bundle, tmp_path):
     assert "no readable" in te.find_engine(tmp_path, spec, H100)[1][0]
 
 
-def test_missing_engine_build_needs_tensorrt(bundle, tmp_path):
-    pytest.importorskip("tensorrt", reason="tensorrt installed: the build itself is a gpu test")
-    te.ensure_engine(bundle, _spec(bundle), H100, tmp_path)
-
-
 def test_missing_engine_build_without_tensorrt_is_a_typed_error(bundle, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without it
     with pytest.raises(BackendError, match="tensorrt package"):
