@@ -59,9 +59,15 @@ def baselines(given: np.ndarray) -> dict[str, np.ndarray]:
     return {"blank": blank, "copy_last": np.repeat(given[-1:], k, axis=0), "const_velocity": cv}
 
 
-def paired(a: np.ndarray, b: np.ndarray, digits: int = 2) -> str:
+def paired_stats(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean of the paired differences a − b and its standard error."""
     d = a - b
-    return f"{d.mean():+.{digits}f} ± {d.std(ddof=1) / np.sqrt(len(d)):.{digits}f}"
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def paired(a: np.ndarray, b: np.ndarray, digits: int = 2) -> str:
+    mean, se = paired_stats(a, b)
+    return f"{mean:+.{digits}f} ± {se:.{digits}f}"
 
 
 def evaluate(pipe: Pipeline, clips: int, steps: int, sampler: str, seed: int, progress: bool = True,
@@ -155,12 +161,11 @@ def compare(specs: list[str], args) -> None:
             den = pipe.backends["denoiser"]
         m = res["arrays"]["model"]
         ref = m if ref is None else ref
-        d_pos, d_psnr = m["pos"] - ref["pos"], m["psnr"] - ref["psnr"]
-        se_pos, se_psnr = (d.std(ddof=1) / np.sqrt(len(d)) for d in (d_pos, d_psnr))
-        ok = d_pos.mean() - 2 * se_pos <= 0 and d_psnr.mean() + 2 * se_psnr >= 0
+        (d_pos, se_pos), (d_psnr, se_psnr) = paired_stats(m["pos"], ref["pos"]), paired_stats(m["psnr"], ref["psnr"])
+        ok = d_pos - 2 * se_pos <= 0 and d_psnr + 2 * se_psnr >= 0
         print(f"| {backend} | {den.precision} | {', '.join(den.providers)} | {den.graph} | {m['psnr'].mean():.2f} | "
               f"{m['pos'].mean():.3f} | {m['pos+8'].mean():.2f} | {res['missing']['model']} | "
-              f"{d_psnr.mean():+.3f} ± {se_psnr:.3f} | {d_pos.mean():+.4f} ± {se_pos:.4f} | {'yes' if ok else 'NO'} | "
+              f"{paired(m['psnr'], ref['psnr'], 3)} | {paired(m['pos'], ref['pos'], 4)} | {'yes' if ok else 'NO'} | "
               f"{res['seconds']:.0f} |", flush=True)
 
 
