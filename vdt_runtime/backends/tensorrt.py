@@ -5,8 +5,9 @@ its max shapes and reused by every call; with cuda_graph=True each (profile, sha
 graph and replayed. run() takes NumPy arrays (copied to and from the device) or CuPy arrays (device to device,
 returned as CuPy), so a sampler on CuPy arrays keeps its state on the GPU (`array_namespace`).
 
-Nothing in this file has run on a real GPU or TensorRT in this repo (README "TensorRT"); the option checks,
-profile choice and engine cache logic are tested on the CPU, the rest only by benchmarks/gpu_check.sh.
+Nothing here has run against real TensorRT (README "FP16 and TensorRT"). The option checks, profile choice and
+engine cache logic are tested on the CPU; the CUDA side (buffers, copies, profile switches, CUDA graphs, CuPy
+state) ran on an H200 with a stand-in engine (tests/test_tensorrt_cuda_side.py, BENCHMARKS.md §9).
 """
 from __future__ import annotations
 
