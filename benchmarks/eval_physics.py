@@ -152,7 +152,8 @@ def compare(specs: list[str], args) -> None:
     """Each BACKEND:PRECISION on the same clips and seeds; prints a markdown table row by row (paired
     differences against the first spec) as each finishes."""
     print("| backend | precision (denoiser) | runs on | graph | PSNR dB | pos err px | at +8 | frames without a ball "
-          "| PSNR minus first | pos err minus first | lossless vs first | seconds |\n" + "|" + "---|" * 12, flush=True)
+          "| PSNR minus first | pos err minus first | lossless vs first | clips identical to first | seconds |\n"
+          + "|" + "---|" * 13, flush=True)
     ref = None
     for spec in specs:
         backend, _, precision = spec.partition(":")
@@ -163,10 +164,11 @@ def compare(specs: list[str], args) -> None:
         ref = m if ref is None else ref
         (d_pos, se_pos), (d_psnr, se_psnr) = paired_stats(m["pos"], ref["pos"]), paired_stats(m["psnr"], ref["psnr"])
         ok = d_pos - 2 * se_pos <= 0 and d_psnr + 2 * se_psnr >= 0
+        same = sum(bool(np.array_equal(a, b)) for a, b in zip(m["psnr"], ref["psnr"]))  # 0 for another precision: it ran
         print(f"| {backend} | {den.precision} | {', '.join(den.providers)} | {den.graph} | {m['psnr'].mean():.2f} | "
               f"{m['pos'].mean():.3f} | {m['pos+8'].mean():.2f} | {res['missing']['model']} | "
               f"{paired(m['psnr'], ref['psnr'], 3)} | {paired(m['pos'], ref['pos'], 4)} | {'yes' if ok else 'NO'} | "
-              f"{res['seconds']:.0f} |", flush=True)
+              f"{same}/{len(m['psnr'])} | {res['seconds']:.0f} |", flush=True)
 
 
 def main(argv=None):
@@ -178,9 +180,6 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--precision", default=None)
-    ap.add_argument("--paired-with", metavar="PRECISION", default=None,
-                    help="also run the bundle at PRECISION on the same clips and seeds and print the paired "
-                         "differences (--precision minus PRECISION)")
     ap.add_argument("--json", type=Path, default=None, help="also write the per-predictor means here")
     ap.add_argument("--readme", type=Path, nargs="?", const=ROOT / "README.md", default=None,
                     help="write the default-model block (between its markers) of this README (default README.md)")
@@ -204,18 +203,6 @@ def main(argv=None):
         block = readme_block(res, args.clips, run, command)
         write_block(args.readme, "eval_physics", block)
         print(f"\nwrote the eval_physics block of {args.readme}:\n{block}")
-    if args.paired_with:
-        ref_pipe = Pipeline.load(args.bundle, backend=args.backend, precision=args.paired_with)
-        ref = evaluate(ref_pipe, args.clips, args.steps, args.sampler, args.seed)
-        print(f"\nreference: precision {ref_pipe.backends['denoiser'].precision} "
-              f"({ref_pipe.graphs['denoiser']} graph) · {ref['seconds']:.1f} s\n")
-        print(report(ref, args.clips))
-        m, r = res["arrays"]["model"], ref["arrays"]["model"]
-        print(f"\n| paired, {args.precision} minus {args.paired_with} (± s.e.) | PSNR dB | pos err px | at +1 | at +8 |")
-        print("|---|---|---|---|---|")
-        print("| model | " + " | ".join(paired(m[k], r[k], 4) for k in ("psnr", "pos", "pos+1", "pos+8")) + " |")
-        same = sum(bool(np.array_equal(a, b)) for a, b in zip(m["psnr"], r["psnr"]))
-        print(f"\nclips with identical PSNR under both precisions: {same}/{len(m['psnr'])}")
     if args.json:
         means = {n: {k: float(v.mean()) for k, v in r.items()} for n, r in res["arrays"].items()}
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "means": means}, indent=1))
