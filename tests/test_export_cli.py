@@ -114,3 +114,26 @@ def test_onnx_from_a_checkpoint_folder_keeps_its_scale_diffusion_and_provenance(
                                                                                              {"seed": 7})
     assert manifest["model"]["num_heads"] == vdt.config.num_heads
     assert main(["verify", str(out), "--checkpoint", str(folder)]) == 0
+
+
+def test_bad_files_are_typed_errors_and_bugs_are_one_line(tmp_path, monkeypatch, capsys):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00not a checkpoint" * 64)
+    assert main(["onnx", "--checkpoint", str(junk), "--vae-config", "tiny", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "internal" not in err[0], err
+    assert not (tmp_path / "b").exists()
+
+    from vdt_export import cli
+
+    def bug(args):
+        raise RuntimeError("kaput\non two lines")
+
+    monkeypatch.setattr(cli, "_cmd_quantize", bug)
+    assert main(["quantize", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: internal error (RuntimeError): kaput on two lines -- please report this with the command "
+                   "that caused it (VDT_TRACEBACK=1 shows the traceback)"]
+    monkeypatch.setenv("VDT_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="kaput"):
+        main(["quantize", str(tmp_path)])

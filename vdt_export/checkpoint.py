@@ -37,9 +37,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return dict(load_file(str(path), device="cpu"))
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"cannot read checkpoint {path.name!r} as safetensors: {exc}") from exc
     if suffix not in TORCH_SUFFIXES:
         raise CheckpointError(f"checkpoint {path.name!r} has suffix {suffix!r}; "
                               f"allowed: {', '.join(TORCH_SUFFIXES + SAFETENSORS_SUFFIXES)}")

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from vdt_runtime.cli import run_guarded
 from vdt_runtime.errors import VDTError
 
 from .models import CONFIGS, VDT, VDTConfig, config_from_name
@@ -227,12 +228,10 @@ def _cmd_verify(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return {"onnx": _cmd_onnx, "verify": _cmd_verify, "quantize": _cmd_quantize,
-                "fp16": _cmd_fp16, "trt": _cmd_trt}[args.command](args)
-    except (VDTError, ValueError, FileNotFoundError) as exc:
-        print(f"vdt-export: error: {exc}", file=sys.stderr)
-        return 2
+    commands = {"onnx": _cmd_onnx, "verify": _cmd_verify, "quantize": _cmd_quantize, "fp16": _cmd_fp16,
+                "trt": _cmd_trt}
+    # ValueError / OSError: what torch, safetensors and onnx raise for a bad or missing file the user named
+    return run_guarded(lambda: commands[args.command](args), expected=(VDTError, ValueError, OSError))
 
 
 if __name__ == "__main__":

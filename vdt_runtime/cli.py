@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import warnings
@@ -148,19 +149,30 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; typed errors print one `error: ...` line and return 2. No input gives a traceback: anything
     else that escapes is a bug, reported as one `error: internal error ...` line with status 1."""
     args = _parser().parse_args(argv)
+    commands = {"run": _run, "info": _info, "bench": _bench, "serve": _serve, "batch": _batch}
+    return run_guarded(lambda: commands[args.command](args))
+
+
+def run_guarded(command, expected: tuple[type[BaseException], ...] = (VDTError,)) -> int:
+    """Run a CLI command under the CLIs' error contract (`vdt` and `vdt-export`): an `expected` (typed) error
+    prints one `error: ...` line and returns 2; Ctrl-C returns 130; anything else is a bug, printed as one
+    `error: internal error ...` line with status 1, or re-raised with its traceback when VDT_TRACEBACK=1.
+    Warnings print as one `warning: ...` line each."""
     with warnings.catch_warnings():
         warnings.showwarning = lambda msg, cat, *a, **k: print(f"warning: {_one_line(msg)}", file=sys.stderr)
         try:
-            return {"run": _run, "info": _info, "bench": _bench, "serve": _serve, "batch": _batch}[args.command](args)
-        except VDTError as e:
+            return command()
+        except expected as e:
             print(f"error: {_one_line(e)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             return 130
         except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
+            if os.environ.get("VDT_TRACEBACK") == "1":
+                raise
             print(f"error: internal error ({type(e).__name__}): {_one_line(e)} -- please report this with the "
-                  "command that caused it", file=sys.stderr)
+                  "command that caused it (VDT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
             return 1
 
 
