@@ -43,6 +43,25 @@ def test_rows_give_the_single_process_frames(tiny_bundle, clips, tmp_path):
     assert not (tmp_path / "out" / "short").exists()
 
 
+def test_long_and_wrong_size_clips(tiny_bundle, tmp_path):
+    """A clip longer than the bundle's window is decoded only as far as a request can use (its first frames give
+    the same video); one of another frame size is that row's error, refused from the header."""
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(5)
+    long = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    write_video(src / "long.gif", long)
+    write_video(src / "big.gif", rng.integers(0, 256, (3, 24, 24, 3), dtype=np.uint8))
+    rows = clip_rows(src, tmp_path / "out", suffix=".gif", seed=7, **REQUEST)
+    out = GenerateBatch(tiny_bundle, backend="cpu", options={"threads": 1})({k: np.array([r[k] for r in rows])
+                                                                            for k in rows[0]})
+    assert "24x24" in out["error"][0] and out["frames"][0] == 0  # big.gif sorts first
+    assert out["error"][1] == "" and out["frames"][1] == REQUEST["total"]
+    pipe = Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1})
+    want = pipe.generate([Request(frames=read_video(src / "long.gif")[:8], seed=8, **REQUEST)])[0].frames
+    np.testing.assert_array_equal(read_video(tmp_path / "out" / "long.gif"), want)
+
+
 def test_clip_rows_refuses_bad_jobs_before_reading_clips(clips, tmp_path):
     with pytest.raises(InputError, match="does not take stride"):
         clip_rows(clips, tmp_path, task="predict", stride=2)

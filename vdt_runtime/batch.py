@@ -67,7 +67,9 @@ class GenerateBatch:
         for i in range(n):
             try:
                 params = json.loads(str(batch["request"][i]))
-                req = Request(frames=read_video(str(batch["input"][i])), seed=int(batch["seed"][i]), **params)
+                b = self.pipe.bundle  # decode only what a request can use, at the bundle's size (as `vdt run`)
+                frames = read_video(str(batch["input"][i]), max_frames=b.max_frames, size=(b.image_size,) * 2)
+                req = Request(frames=frames, seed=int(batch["seed"][i]), **params)
                 req.plan(self.pipe.bundle)  # every check first, so one bad row cannot stop the batch
                 requests[i] = req
             except (VDTError, TypeError, ValueError) as e:
