@@ -16,7 +16,7 @@ from vdt_runtime.schedule import make_schedule
 
 # functions the sampler code may call through its namespace: all exist in NumPy and CuPy under these names
 ALLOWED = ("asarray", "where", "all", "any", "isfinite", "isnan", "exp", "sqrt", "log1p", "cos", "sin",
-           "multiply", "empty", "full")
+           "multiply", "empty", "full", "stack")
 # what an operator or an ndarray method may dispatch to (operators exist on every array library's arrays)
 OPERATOR_UFUNCS = {"add", "subtract", "multiply", "divide", "true_divide", "negative", "equal", "less", "less_equal",
                    "greater", "greater_equal", "bitwise_or", "logical_or", "bitwise_and"}
@@ -40,6 +40,8 @@ class Strict(np.ndarray):
 
 
 def _plain(a):
+    if isinstance(a, (list, tuple)):  # stack / concatenate take a sequence of arrays
+        return type(a)(_plain(x) for x in a)
     return a.view(np.ndarray) if isinstance(a, Strict) else a
 
 
@@ -81,7 +83,8 @@ CASES = [("ddpm", {}, "learned_range", "epsilon"), ("ddpm", {}, "fixed_small", "
 
 @pytest.mark.parametrize("sampler,opts,variance,prediction", CASES)
 @pytest.mark.parametrize("masked", ["binary", "soft", None])
-def test_strict_namespace_bit_identical(sampler, opts, variance, prediction, masked):
+@pytest.mark.parametrize("per_item", [False, True], ids=["generator", "generator-per-item"])
+def test_strict_namespace_bit_identical(sampler, opts, variance, prediction, masked, per_item):
     schedule = make_schedule(steps=4, variance_type=variance, prediction_type=prediction)
     rng = np.random.default_rng(3)
     shape = (2, 3, 4, 4, 4)
@@ -93,13 +96,15 @@ def test_strict_namespace_bit_identical(sampler, opts, variance, prediction, mas
             mask = mask * 0.5 + 0.25 * (rng.random((3, 4, 4)) > 0.5)
         kw = {"mask": mask, "x_given": rng.standard_normal(shape).astype(np.float32)}
     out_c = 8 if variance == "learned_range" else 4
+    noise = (lambda: [np.random.default_rng(7), np.random.default_rng(8)]) if per_item else \
+        (lambda: np.random.default_rng(7))
     seen = []
-    ref = SAMPLERS[sampler](_denoiser(out_c), x_T, schedule, rng=np.random.default_rng(7),
+    ref = SAMPLERS[sampler](_denoiser(out_c), x_T, schedule, rng=noise(),
                             callback=lambda i, n, x: seen.append(x.copy()), **kw, **opts)
     CALLS.clear()
     strict_kw = {k: v.view(Strict) for k, v in kw.items()}
     strict_seen = []
-    out = SAMPLERS[sampler](_denoiser(out_c), x_T.view(Strict), schedule, rng=np.random.default_rng(7),
+    out = SAMPLERS[sampler](_denoiser(out_c), x_T.view(Strict), schedule, rng=noise(),
                             callback=lambda i, n, x: strict_seen.append(type(x)), **strict_kw, **opts)
     assert type(out) is Strict, "the result left the namespace's array type"
     assert strict_seen == [Strict] * 4

@@ -364,6 +364,25 @@ def test_noise_function_must_return_the_states_shape():
         get_sampler("ddpm")(FakeDenoiser(), _x_T(), make_schedule(3), rng=lambda shape: np.zeros((1, 1, 1, 1, 1)))
 
 
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_one_generator_per_item(name):
+    """rng may be a list of Generators, one per batch item: item b's noise comes from the b-th alone, so an item
+    samples the same alone or beside others (what Pipeline.generate relies on)."""
+    opts = {"eta": 1.0} if name != "ddpm" else {}
+    s = make_schedule(4)
+    x_T = _x_T()
+    both = get_sampler(name)(FakeDenoiser(), x_T, s, rng=[np.random.default_rng(5), np.random.default_rng(6)], **opts)
+    for b, seed in enumerate((5, 6)):
+        alone = get_sampler(name)(FakeDenoiser(), x_T[b: b + 1], s, rng=[np.random.default_rng(seed)], **opts)
+        np.testing.assert_array_equal(both[b: b + 1], alone)
+    one = get_sampler(name)(FakeDenoiser(), x_T[:1], s, rng=np.random.default_rng(5), **opts)
+    np.testing.assert_array_equal(one, both[:1])  # at B = 1 the same stream as the Generator itself
+    with pytest.raises(InputError, match="holds 1 Generators for a batch of 2"):
+        get_sampler(name)(FakeDenoiser(), x_T, s, rng=[np.random.default_rng(5)], **opts)
+    with pytest.raises(InputError, match="a list of them"):
+        get_sampler(name)(FakeDenoiser(), x_T, s, rng=[np.random.default_rng(5), 6], **opts)
+
+
 SOFT = np.array([0.0, 0.25, 0.7, 1.0], np.float32)  # per frame of a [T=4, h, w] mask: given, two blends, generated
 
 

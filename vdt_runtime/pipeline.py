@@ -332,10 +332,7 @@ class Pipeline:
 
         callback = (lambda i, n, x: bar.update(1)) if bar is not None else None
         start, before = time.perf_counter(), timer.seconds.get("denoiser", 0.0)
-        def noise(shape):  # [B, T, C, h, w]: item b's noise from its own Generator, whatever else is in the batch
-            return xp.asarray(np.stack([standard_normal(rng, shape[1:]) for rng in rngs]))  # drawn on the host
-
-        x0 = to_numpy(s.sample(denoise, x_T, s.schedule, rng=noise, mask=xp.asarray(np.stack([p.mask for p in plans])),
+        x0 = to_numpy(s.sample(denoise, x_T, s.schedule, rng=rngs, mask=xp.asarray(np.stack([p.mask for p in plans])),
                                x_given=xp.asarray(x_given), callback=callback, **s.options))
         timer.add("sampler", time.perf_counter() - start - (timer.seconds.get("denoiser", 0.0) - before))
 

@@ -1,7 +1,9 @@
 """Samplers, one per file, one signature: sample(denoise, x_T, schedule, *, rng, mask, x_given, callback, **opts).
 
-`rng` is a numpy.random.Generator (noise by `standard_normal`), or a function shape -> N(0, 1) array that the
-sampler calls once per noise draw, in sampling order (tests replay recorded noise through it).
+`rng` is a numpy.random.Generator (noise by `standard_normal`), a list of Generators, one per batch item (item b's
+noise from the b-th: what `Pipeline.generate` uses, so a request's frames do not depend on its batch), or a
+function shape -> N(0, 1) array that the sampler calls once per noise draw, in sampling order (tests replay
+recorded noise through it).
 """
 from __future__ import annotations
 

@@ -49,13 +49,16 @@ class Model:
                  callback: Callback | None):
         if not isinstance(schedule, Schedule):
             raise InputError(f"schedule must be a vdt_runtime.schedule.Schedule, got {type(schedule).__name__}")
-        if not (isinstance(rng, np.random.Generator) or callable(rng)):
-            raise InputError(f"rng must be a numpy.random.Generator or a noise function shape -> array, "
-                             f"got {type(rng).__name__}")
+        per_item = isinstance(rng, (list, tuple)) and all(isinstance(g, np.random.Generator) for g in rng)
+        if not (isinstance(rng, np.random.Generator) or per_item or callable(rng)):
+            raise InputError(f"rng must be a numpy.random.Generator, a list of them (one per batch item) or a "
+                             f"noise function shape -> array, got {type(rng).__name__}")
         if callback is not None and not callable(callback):
             raise InputError(f"callback must be callable or None, got {type(callback).__name__}")
         self.xp = xp = namespace(x_T)
         self.x_T = _check_latents(xp, "x_T", x_T, None)  # float32 [B,T,C,h,w]
+        if per_item and len(rng) != self.x_T.shape[0]:
+            raise InputError(f"rng holds {len(rng)} Generators for a batch of {self.x_T.shape[0]}; give one per item")
         self.mask, self.x_given = _check_mask(xp, mask, x_given, self.x_T.shape)
         binary = self.mask is not None and bool(xp.all((self.mask == 0) | (self.mask == 1)))
         self._generate = self.mask == 1 if binary else None  # bool [1|B, T, 1, h, w]: one np.where per call
@@ -88,11 +91,16 @@ class Model:
         return Prediction(x, head, var, (0.0, 1.0), x0)  # ε is the head itself
 
     def noise(self) -> np.ndarray:
-        """Standard normal float32 noise shaped like the state: Box–Muller on the caller's Generator, or the next
-        draw of a noise function (how the golden tests replay the official sampler's recorded noise)."""
+        """Standard normal float32 noise shaped like the state: Box–Muller on the caller's Generator, item b's from
+        the b-th of a list of Generators (so an item's noise does not depend on its batch), or the next draw of a
+        noise function (how the golden tests replay the official sampler's recorded noise; checked, since it is
+        the caller's). Generator noise is made where the state lives: only the uniforms cross from the host."""
+        xp, shape = self.xp, self.x_T.shape
         if isinstance(self.rng, np.random.Generator):
-            return standard_normal(self.rng, self.x_T.shape, self.xp)
-        return _check_latents(self.xp, "noise", self.rng(self.x_T.shape), self.x_T.shape)
+            return standard_normal(self.rng, shape, xp)
+        if isinstance(self.rng, (list, tuple)):
+            return xp.stack([standard_normal(g, shape[1:], xp) for g in self.rng])
+        return _check_latents(xp, "noise", self.rng(shape), shape)
 
     def composite(self, x: np.ndarray) -> np.ndarray:
         """x_given·(1 − mask) + x·mask as float32 (a new array); given cells are copied exactly, not recomputed."""
