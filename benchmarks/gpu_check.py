@@ -9,6 +9,8 @@ Each check runs what this machine can run and records SKIP with the reason other
   ort_cuda   onnxruntime CUDAExecutionProvider on the same call, where this onnxruntime has it
   tensorrt   engines fp32/fp16 built from the bundle, TRT vs onnxruntime parity, per-call (± CUDA graph) and
              per-video (predict, DDPM 50) timings
+  overhead   the runtime's own cost around the engine: predict through the native backend with a stand-in engine,
+             sampler state on the host vs on the GPU
 Results: one line per measurement on stdout and in --out (JSON lines).
 """
 from __future__ import annotations
@@ -244,6 +246,44 @@ def tensorrt(bundle: Path):
                    providers=pipe.providers["denoiser"], **timed(run, repeats=3, warmup=1))
 
 
+@guarded
+def overhead(bundle: Path):
+    """What the runtime itself costs around the engine on a GPU: predict 8 → 16 frames through the native backend
+    with the stand-in engine of tests/standin_tensorrt.py (one elementwise kernel per call, next to no compute),
+    so the time is the sampler, the copies and Python; sampler state on the host (NumPy) vs on the GPU (CuPy)."""
+    import cupy  # noqa: F401 - SKIP without it
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import standin_tensorrt as standin
+
+    from vdt_runtime import Pipeline
+    from vdt_runtime import trt_engines as te
+    from vdt_runtime.bundle import Bundle
+
+    saved = sys.modules.get("tensorrt"), te.build_engine
+    sys.modules["tensorrt"], te.build_engine = standin.module(), standin.builder(Bundle.load(bundle), [])
+    try:
+        frames = np.random.default_rng(1).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+        for sampler, steps, eta in (("ddpm", 50, None), ("ddim", 50, 0.0), ("dpmpp", 20, 0.0), ("dpmpp", 20, 1.0)):
+            for device_state in (False, True):
+                opts = {"cache_dir": str(bundle.parent / "standin-engines"), "device_state": device_state,
+                        "cuda_graph": True}
+                with Pipeline.load(bundle, backend="tensorrt", options=opts) as pipe:
+                    run = lambda: pipe.predict(frames, cond=8, total=16, steps=steps, sampler=sampler,  # noqa: E731
+                                               eta=eta, seed=0, timings=True)
+                    t = timed(run, repeats=5, warmup=2)
+                    stages = {k: round(1e3 * v, 2) for k, v in run().timings.items()}
+                record("overhead", status="OK", what=f"predict 8→16, {sampler} {steps} eta {eta}, stand-in engine",
+                       sampler_state="GPU (CuPy)" if device_state else "host (NumPy)", latents=[1, 16, 4, 32, 32],
+                       per_step_ms=t["median_ms"] / steps, stage_ms=stages, **t)
+    finally:
+        if saved[0] is None:
+            sys.modules.pop("tensorrt", None)
+        else:
+            sys.modules["tensorrt"] = saved[0]
+        te.build_engine = saved[1]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "gpu_check_results.jsonl")
@@ -263,6 +303,7 @@ def main(argv=None) -> int:
         if bundle is not None:
             ort_cuda(bundle)
             tensorrt(bundle)
+            overhead(bundle)
     args.out.write_text("".join(json.dumps(r) + "\n" for r in RESULTS))
     print(f"wrote {args.out}")
     return 0
