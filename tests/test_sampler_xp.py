@@ -16,7 +16,7 @@ from vdt_runtime.schedule import make_schedule
 
 # functions the sampler code may call through its namespace: all exist in NumPy and CuPy under these names
 ALLOWED = ("asarray", "where", "all", "any", "isfinite", "isnan", "exp", "sqrt", "log1p", "cos", "sin",
-           "multiply", "empty", "full", "stack")
+           "multiply", "empty", "full", "stack", "concatenate")
 # what an operator or an ndarray method may dispatch to (operators exist on every array library's arrays)
 OPERATOR_UFUNCS = {"add", "subtract", "multiply", "divide", "true_divide", "negative", "equal", "less", "less_equal",
                    "greater", "greater_equal", "bitwise_or", "logical_or", "bitwise_and"}
@@ -133,3 +133,27 @@ def test_namespace_of_plain_arrays_is_numpy():
     assert namespace([1.0, 2.0]) is np
     plain = np.zeros(2)
     assert to_numpy(plain) is plain
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])  # int8: one denoiser call per item (xp.concatenate)
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_pipeline_keeps_the_state_in_the_backends_namespace(precision, sampler):
+    """The pipeline's device path on the CPU: a denoiser backend whose arrays are Strict (as a GPU backend's are
+    CuPy) gets and returns them every step, no NumPy function touches the sampler state, and the video is
+    byte-identical to the NumPy path's."""
+    from vdt_runtime import Pipeline
+
+    frames = np.random.default_rng(2).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    kw = dict(cond=4, total=8, steps=4, sampler=sampler, seed=11, **({"eta": 1.0} if sampler != "ddpm" else {}))
+    with Pipeline.load(backend="cpu", precision=precision, options={"threads": 1}) as pipe:
+        want = pipe.predict(frames, **kw).frames
+        den, run, seen = pipe._den, pipe._den.run, []
+
+        def strict_run(inputs):
+            seen.append({type(v) for v in inputs.values()})
+            return {k: _wrap(v) for k, v in run({k: _plain(v) for k, v in inputs.items()}).items()}
+
+        den.array_namespace, den.run = (lambda: STRICT), strict_run
+        got = pipe.predict(frames, **kw).frames
+    assert seen and all(types_ == {Strict} for types_ in seen)
+    np.testing.assert_array_equal(got, want)
