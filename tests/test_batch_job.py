@@ -62,6 +62,42 @@ def test_long_and_wrong_size_clips(tiny_bundle, tmp_path):
     np.testing.assert_array_equal(read_video(tmp_path / "out" / "long.gif"), want)
 
 
+def test_a_user_mask_for_every_row(tiny_bundle, tmp_path, capsys):
+    """`mask` (vdt batch --task inpaint --mask m.npy): every row regenerates the masked cells of its own clip, as a
+    single-process Request with that mask does; a mask that does not fit is refused before any clip is read."""
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(6)
+    for i in range(2):
+        write_video(src / f"c{i}", rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
+    mask = np.zeros((4, 8, 8), np.float32)
+    mask[1:, 2:6, 2:6] = 1  # a square hole in frames 1..3 (latent cells)
+    rows = clip_rows(src, tmp_path / "out", suffix="", seed=3, mask=mask, steps=2)
+    out = GenerateBatch(tiny_bundle, backend="cpu", options={"threads": 1}, mask=mask)(
+        {k: np.array([r[k] for r in rows]) for k in rows[0]})
+    assert list(out["error"]) == ["", ""] and list(out["frames"]) == [4, 4]
+    pipe = Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1})
+    for row in rows:
+        clip = read_video(row["input"])
+        want = pipe.generate([Request(frames=clip, mask=mask, seed=row["seed"], steps=2)])[0].frames
+        got = read_video(row["output"])
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got[0], clip[0])  # no cell of frame 0 is masked: given as is
+        assert not np.array_equal(got[1:, 4:12, 4:12], clip[1:, 4:12, 4:12])  # the hole was generated
+    pytest.importorskip("ray")
+    from vdt_runtime.batch import run_folder
+
+    with pytest.raises(InputError, match="mask"):  # refused before Ray starts
+        run_folder(src, tmp_path / "out2", bundle=tiny_bundle, mask=np.ones((4, 3, 3), np.float32), steps=2)
+    assert not (tmp_path / "out2").exists()
+
+    from vdt_runtime.cli import main
+
+    np.save(tmp_path / "m.npy", mask)
+    assert main(["batch", str(src), str(tmp_path / "o"), "--task", "predict", "--mask", str(tmp_path / "m.npy")]) == 2
+    assert "--mask is for --task inpaint" in capsys.readouterr().err
+
+
 def test_clip_rows_refuses_bad_jobs_before_reading_clips(clips, tmp_path):
     with pytest.raises(InputError, match="does not take stride"):
         clip_rows(clips, tmp_path, task="predict", stride=2)

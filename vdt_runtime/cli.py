@@ -211,11 +211,7 @@ def _run(args) -> int:
     protect = {"input": args.input, "bundle": bundle.path}
     check_output_path(args.out, protect=protect)
     check_fps(args.fps)
-    task, mask = args.task, None
-    if args.mask is not None:
-        if task != "inpaint":
-            raise InputError(f"--mask is for --task inpaint (a user mask replaces the task), not --task {task}")
-        task, mask = None, _read_mask(args.mask)
+    task, mask = _task_and_mask(args)
     frames = None if args.input is None else read_video(args.input, max_frames=bundle.max_frames,
                                                         size=(bundle.image_size,) * 2)
     flags = {f: getattr(args, f) for f in _TASK_ARGS if getattr(args, f) is not None}
@@ -254,13 +250,13 @@ def _serve(args) -> int:
 def _batch(args) -> int:
     from vdt_runtime.batch import run_folder
 
-    if args.mask is not None:
-        raise InputError("vdt batch takes task flags, not --mask")
+    task, mask = _task_and_mask(args)
     flags = {f: getattr(args, f) for f in _TASK_ARGS if getattr(args, f) is not None}
     options = _options(args)
     rows = run_folder(args.inputs, args.outputs, bundle=args.bundle, backend=args.backend, precision=args.precision,
                       options=options, actors=args.actors, cpus_per_actor=options.get("threads", 1),
-                      num_cpus=args.num_cpus, batch_size=args.batch_size, suffix=args.suffix, seed=args.seed, fps=args.fps, task=args.task,
+                      num_cpus=args.num_cpus, batch_size=args.batch_size, suffix=args.suffix, seed=args.seed, fps=args.fps, task=task,
+                      mask=mask,
                       steps=args.steps, sampler=args.sampler, eta=args.eta, **flags)
     failed = [r for r in rows if r["error"]]
     for r in failed:
@@ -272,6 +268,15 @@ def _batch(args) -> int:
 def _print_timings(timings: dict[str, float]) -> None:
     for stage, seconds in timings.items():
         print(f"  {stage:<12} {seconds:8.3f} s")
+
+
+def _task_and_mask(args) -> tuple[str | None, np.ndarray | None]:
+    """(task, None), or (None, the --mask array) for --task inpaint --mask: a user mask replaces the task."""
+    if args.mask is None:
+        return args.task, None
+    if args.task != "inpaint":
+        raise InputError(f"--mask is for --task inpaint (a user mask replaces the task), not --task {args.task}")
+    return None, _read_mask(args.mask)
 
 
 def _read_mask(path: Path) -> np.ndarray:
