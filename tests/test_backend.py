@@ -10,10 +10,11 @@ import pytest
 
 from vdt_runtime.backends import BACKENDS, available, open_backend, runnable
 from vdt_runtime.backends import ort as ort_backend
+from vdt_runtime.backends.base import nvidia_gpus
 from vdt_runtime.bundle import STAGES, Bundle
 from vdt_runtime.errors import BackendError, BundleError, InputError
 
-CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +68,14 @@ def test_unknown_backend_lists_choices(bundle):
     assert {"cpu", "cuda", "ort-tensorrt"} <= set(BACKENDS)
 
 
-def test_cuda_request_falls_back_loudly(bundle):
+def test_cuda_request_falls_back_loudly(bundle, monkeypatch):
+    """Where the driver reports a GPU but the CUDA provider cannot load, the stage runs on the CPU with a
+    RuntimeWarning saying so (simulated here by a driver that reports one GPU when this machine has none)."""
     if CUDA not in ort_backend.available_providers():
         with pytest.raises(BackendError, match="CUDAExecutionProvider"):
             open_backend(bundle, "vae_decoder", "cuda")
         return
+    monkeypatch.setattr(ort_backend, "nvidia_gpus", lambda: max(1, nvidia_gpus()))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         b = open_backend(bundle, "vae_decoder", "cuda")
@@ -81,6 +85,19 @@ def test_cuda_request_falls_back_loudly(bundle):
         assert b.providers == (CPU,)
         assert any(issubclass(w.category, RuntimeWarning) and "runs on CPUExecutionProvider" in str(w.message)
                    for w in caught)
+
+
+def test_gpu_providers_without_a_gpu_are_unavailable(bundle, monkeypatch):
+    """onnxruntime-gpu offers CUDA and TensorRT providers on any machine; without a GPU the choice is refused by
+    name (and `vdt info` says why) instead of running on the CPU."""
+    monkeypatch.setattr(ort_backend, "available_providers", lambda: [TRT, CUDA, CPU])
+    monkeypatch.setattr(ort_backend, "nvidia_gpus", lambda: 0)
+    for choice, provider in (("cuda", CUDA), ("ort-tensorrt", TRT)):
+        assert available(choice) == (f"onnxruntime offers {provider}, but this machine has no NVIDIA GPU "
+                                     "(the driver reports none)")
+        with pytest.raises(BackendError, match=f"backend '{choice}' is not available here.*no NVIDIA GPU"):
+            open_backend(bundle, "denoiser", choice)
+    assert available("cpu") is None and runnable(bundle, "cuda") == {}
 
 
 def test_cuda_missing_from_onnxruntime_is_an_error(bundle, monkeypatch):

@@ -175,6 +175,17 @@ def _gif(ctx: Ctx, frames: int) -> Path:
     return write_video(ctx.tmp / "short.gif", ctx.clip[:frames])
 
 
+def _without_gpu(ctx: Ctx, backend: str):
+    """Load on a GPU backend where onnxruntime-gpu offers its providers and the driver reports no GPU (as here)."""
+    from vdt_runtime.backends import ort as ort_backend
+
+    monkeypatch = ctx.request.getfixturevalue("monkeypatch")
+    monkeypatch.setattr(ort_backend, "available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort_backend, "nvidia_gpus", lambda: 0)
+    return Pipeline.load(ctx.bundle, backend=backend)
+
+
 def _load_vdt(ctx: Ctx, state, config=None):
     pytest.importorskip("torch")
     from vdt_export.checkpoint import load_vdt
@@ -321,6 +332,9 @@ CASES = [
          lambda c: Pipeline.load(c.bundle, backend="vulkan")),
     Case("backend-not-a-string", "InputError", ("['cpu']", "auto, cpu, cuda, ort-tensorrt"),
          lambda c: Pipeline.load(c.bundle, backend=["cpu"])),
+    Case("gpu-backend-without-gpu", "BackendError", ("backend 'cuda' is not available here",
+                                                    "offers CUDAExecutionProvider", "no NVIDIA GPU"),
+         lambda c: _without_gpu(c, "cuda")),
     Case("unknown-precision", "InputError", ("'int4'", "fp32, fp16, bf16, int8"),
          lambda c: Pipeline.load(c.bundle, precision="int4")),
     Case("threads-zero", "InputError", ("threads", "1..256", "got 0"),

@@ -6,14 +6,11 @@ precision, options); see base.py for the Backend object they return.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import importlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from vdt_runtime.backends.base import Backend, check_options
+from vdt_runtime.backends.base import Backend, check_options, nvidia_gpus
 from vdt_runtime.bundle import STAGES, Bundle
 from vdt_runtime.errors import BackendError, InputError
 
@@ -116,7 +113,7 @@ def _check_choice(backend) -> None:
 def _auto_candidates() -> tuple[tuple[str, str], ...]:
     from vdt_runtime.backends.ort import CPU, available_providers
 
-    gpu = _nvidia_gpus() > 0 and set(available_providers()) - {CPU}
+    gpu = nvidia_gpus() > 0 and set(available_providers()) - {CPU}
     return tuple((b, p) for b, p in (_AUTO_GPU if gpu else _AUTO_CPU) if available(b) is None)
 
 
@@ -139,20 +136,6 @@ def _auto(bundle: Bundle, precision: str | None, options, stages) -> Plan:
         return Plan(backend, p.precisions, p.options, f"auto chose {name} at {want}: {why}")
     raise InputError(f"backend 'auto' found nothing that runs precision {precision or 'fp32'!r} with options "
                      f"{sorted(keys)}; tried: {', '.join(tried)}")
-
-
-@functools.lru_cache(maxsize=1)
-def _nvidia_gpus() -> int:
-    """How many CUDA devices the NVIDIA driver reports (0 without a driver); no CUDA toolkit needed."""
-    name = ctypes.util.find_library("cuda") or ctypes.util.find_library("nvcuda")
-    try:
-        lib = ctypes.CDLL(name or "libcuda.so.1")
-        count = ctypes.c_int(0)
-        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return count.value
-    except (OSError, AttributeError):
-        return 0
 
 
 __all__ = ["BACKENDS", "CHOICES", "PRECISIONS", "Backend", "Plan", "available", "open_backend", "plan", "runnable"]

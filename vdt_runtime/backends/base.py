@@ -1,6 +1,9 @@
 """The one small interface every inference backend implements, and the checks they share."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from abc import ABC, abstractmethod
 from typing import Any, Mapping
 
@@ -82,3 +85,17 @@ def boolean(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise InputError(f"{name} must be True or False, got {shorten(value)}")
     return value
+
+
+@functools.lru_cache(maxsize=1)
+def nvidia_gpus() -> int:
+    """How many CUDA devices the NVIDIA driver reports (0 without a driver); no CUDA toolkit needed."""
+    name = ctypes.util.find_library("cuda") or ctypes.util.find_library("nvcuda")
+    try:
+        lib = ctypes.CDLL(name or "libcuda.so.1")
+        count = ctypes.c_int(0)
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    except (OSError, AttributeError):
+        return 0

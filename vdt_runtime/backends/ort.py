@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import onnxruntime as ort
 
-from vdt_runtime.backends.base import Backend, boolean, check_io
+from vdt_runtime.backends.base import Backend, boolean, check_io, nvidia_gpus
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BackendError, InputError
 from vdt_runtime.limits import check_threads
@@ -42,11 +42,16 @@ def available_providers() -> list[str]:
 
 
 def available(backend: str) -> str | None:
-    """None when this onnxruntime offers the choice's first provider, else why not (one line)."""
+    """None when this onnxruntime offers the choice's first provider (and, for a GPU provider, the NVIDIA driver
+    reports a GPU), else why not (one line). onnxruntime-gpu offers its GPU providers on any machine."""
     wanted = PROVIDERS[backend][0]
-    if backend == "ort-auto" or wanted in available_providers():
+    if backend == "ort-auto":
         return None
-    return f"onnxruntime {ort.__version__} does not offer {wanted}"
+    if wanted not in available_providers():
+        return f"onnxruntime {ort.__version__} does not offer {wanted}"
+    if wanted != CPU and nvidia_gpus() == 0:
+        return f"onnxruntime offers {wanted}, but this machine has no NVIDIA GPU (the driver reports none)"
+    return None
 
 
 def precisions(bundle: Bundle, stage: str, backend: str) -> tuple[str, ...]:
