@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +236,20 @@ def test_engine_matches_onnxruntime(tiny_bundle, bundle, tmp_path, cuda_graph):
     assert json.loads(next(tmp_path.glob("*.json")).read_text())["precision"] == "fp32"
     trt.close()
     trt.close()
+
+
+def test_api_check_finds_what_the_code_uses_and_what_an_api_lacks(tmp_path, capsys):
+    """benchmarks/check_trt_api.py: the TensorRT names read by the code, checked against an API's names."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import check_trt_api
+
+    names = check_trt_api.used_names(check_trt_api.ROOT / s for s in check_trt_api.SOURCES)
+    assert {"execute_async_v3", "set_tensor_address", "set_input_shape", "build_serialized_network",
+            "STRONGLY_TYPED", "deserialize_cuda_engine"} <= set(names)
+    assert not {"read_bytes", "shapes", "cudaMalloc", "_engine"} & set(names)  # Path, our own, cuda.bindings
+    stub = tmp_path / "tensorrt.pyi"
+    stub.write_text("\n".join(n for n in names if n != "execute_async_v3"))
+    assert check_trt_api.main(["--api", str(stub)]) == 1
+    assert "missing: execute_async_v3 (tensorrt.py:" in capsys.readouterr().out
+    stub.write_text("\n".join(names))
+    assert check_trt_api.main(["--api", str(stub)]) == 0
