@@ -130,6 +130,7 @@ def test_installed_bundles_load_by_name(tmp_path, monkeypatch):
 
     assert installed_bundles()["default"] == default_bundle_path()
     assert Bundle.load("default").path == default_bundle_path()
+    assert Bundle.load().path == Bundle.load(None).path == default_bundle_path()  # None: the default, as Pipeline.load
     monkeypatch.chdir(tmp_path)  # a name, not a path: found from any folder
     assert Bundle.load("default").name == "default"
     with pytest.raises(BundleError, match=r"'nope' does not exist .*installed bundle: default"):

@@ -66,13 +66,14 @@ class GenerateBatch:
         n = len(batch["input"])
         errors, written = [""] * n, [0] * n
         requests: dict[int, Request] = {}
+        b = self.pipe.bundle
         for i in range(n):
             try:
                 params = json.loads(str(batch["request"][i]))
-                b = self.pipe.bundle  # decode only what a request can use, at the bundle's size (as `vdt run`)
+                # decode only what a request can use, at the bundle's size (as `vdt run`)
                 frames = read_video(str(batch["input"][i]), max_frames=b.max_frames, size=(b.image_size,) * 2)
                 req = Request(frames=frames, mask=self.mask, seed=int(batch["seed"][i]), **params)
-                req.plan(self.pipe.bundle)  # every check first, so one bad row cannot stop the batch
+                req.plan(b)  # every check first, so one bad row cannot stop the batch
                 requests[i] = req
             except (VDTError, TypeError, ValueError) as e:
                 errors[i] = _one_line(e)
@@ -123,9 +124,9 @@ def run_folder(input_dir, output_dir, *, bundle=None, backend: str = "auto", pre
 
 def _check_mask_fits(bundle, mask: np.ndarray, request: dict) -> None:
     """Plan the shared request with the mask on blank frames of the bundle's size: InputError if it cannot run."""
-    from vdt_runtime.bundle import Bundle, default_bundle_path
+    from vdt_runtime.bundle import Bundle
 
-    b = Bundle.load(default_bundle_path() if bundle is None else bundle)
+    b = Bundle.load(bundle)
     frames = np.zeros((len(mask) if np.ndim(mask) == 3 else 1, b.image_size, b.image_size, 3), np.uint8)
     Request(frames=frames, mask=mask, **request).plan(b)
 

@@ -70,11 +70,11 @@ class Bundle:
         self.stages = {name: _parse_stage(name, manifest["stages"][name]) for name in STAGES}
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, verify: bool = False) -> "Bundle":
-        """Read `path/manifest.json` (path: a bundle folder, or an installed bundle's name such as "default") and
-        validate it, the files it names and what their ONNX graphs state, before any backend opens a file;
-        `verify` also checks every listed file's sha256 (external data included)."""
-        path = Path(path)
+    def load(cls, path: str | os.PathLike | None = None, *, verify: bool = False) -> "Bundle":
+        """Read `path/manifest.json` (path: a bundle folder, or an installed bundle's name such as "default"; None:
+        the default bundle) and validate it, the files it names and what their ONNX graphs state, before any
+        backend opens a file; `verify` also checks every listed file's sha256 (external data included)."""
+        path = default_bundle_path() if path is None else Path(path)
         if not path.is_dir():
             installed = installed_bundles()
             if len(path.parts) != 1 or path.name not in installed:

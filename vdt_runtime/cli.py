@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from vdt_runtime.backends import CHOICES, PRECISIONS
-from vdt_runtime.bundle import Bundle, default_bundle_path
+from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import InputError, VDTError
 from vdt_runtime.limits import MAX_DECODED_PIXELS, shorten
 from vdt_runtime.requests import ROLLOUT, TASKS, Request
@@ -207,7 +207,7 @@ def _run(args) -> int:
     the bundle, the output path (never the input, never inside the bundle), fps, the mask, the input's size."""
     from vdt_runtime.video import check_fps, check_output_path, read_video, write_video
 
-    bundle = Bundle.load(default_bundle_path() if args.bundle is None else args.bundle)
+    bundle = Bundle.load(args.bundle)
     protect = {"input": args.input, "bundle": bundle.path}
     check_output_path(args.out, protect=protect)
     check_fps(args.fps)
@@ -255,9 +255,8 @@ def _batch(args) -> int:
     options = _options(args)
     rows = run_folder(args.inputs, args.outputs, bundle=args.bundle, backend=args.backend, precision=args.precision,
                       options=options, actors=args.actors, cpus_per_actor=options.get("threads", 1),
-                      num_cpus=args.num_cpus, batch_size=args.batch_size, suffix=args.suffix, seed=args.seed, fps=args.fps, task=task,
-                      mask=mask,
-                      steps=args.steps, sampler=args.sampler, eta=args.eta, **flags)
+                      num_cpus=args.num_cpus, batch_size=args.batch_size, suffix=args.suffix, seed=args.seed,
+                      fps=args.fps, task=task, mask=mask, steps=args.steps, sampler=args.sampler, eta=args.eta, **flags)
     failed = [r for r in rows if r["error"]]
     for r in failed:
         print(f"error: {r['input']}: {r['error']}", file=sys.stderr)
@@ -293,8 +292,7 @@ def _read_mask(path: Path) -> np.ndarray:
 def _info(args) -> int:
     from vdt_runtime.backends import BACKENDS, available, runnable
 
-    path = default_bundle_path() if args.bundle is None else args.bundle
-    bundle = Bundle.load(path, verify=args.verify)
+    bundle = Bundle.load(args.bundle, verify=args.verify)
     print(bundle.describe())
     if args.verify:
         print(f"sha256     all {len(bundle.manifest['files'])} files match the manifest")
@@ -302,7 +300,6 @@ def _info(args) -> int:
     for choice in BACKENDS:
         reason = available(choice)
         print(f"  {choice:<12} " + (f"unavailable: {reason}" if reason else _precision_summary(runnable(bundle, choice))))
-    args.bundle = path
     with _load(args) as pipe:
         print(pipe.describe())
     return 0
