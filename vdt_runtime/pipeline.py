@@ -11,11 +11,11 @@ import numpy as np
 from vdt_runtime._arrays import as_array
 from vdt_runtime._xp import to_numpy
 from vdt_runtime.backends import Backend, open_backend, plan
-from vdt_runtime.bundle import STAGES, Bundle, default_bundle_path
+from vdt_runtime.bundle import STAGES, Bundle
 from vdt_runtime.errors import InputError
 from vdt_runtime.limits import DEFAULT_VAE_SLICE_PIXELS, MAX_ROLLOUT_FRAMES
 from vdt_runtime.requests import ROLLOUT, Plan, Request, as_frames
-from vdt_runtime.samplers import ETA_SAMPLERS, Sampling, get_sampler, standard_normal
+from vdt_runtime.samplers import ETA_SAMPLERS, Sampling, get_sampler, per_item_normal
 from vdt_runtime.schedule import Schedule, _check_int, make_schedule
 from vdt_runtime.timing import Timer
 
@@ -103,7 +103,7 @@ class Pipeline:
         """
         if vae_slice is not None:
             _check_int("vae_slice", vae_slice, 1, None)
-        bundle = Bundle.load(default_bundle_path() if path is None else path, verify=verify)
+        bundle = Bundle.load(path, verify=verify)
         p = plan(bundle, backend, precision, options)
         backends: dict[str, Backend] = {}
         try:
@@ -315,7 +315,7 @@ class Pipeline:
                 x_given[b, givens[b]] = lat
         den = self._den
         xp = den.array_namespace()  # NumPy, or CuPy for a GPU backend: the sampler state stays where it runs
-        x_T = xp.asarray(np.stack([standard_normal(rng, shape) for rng in rngs]))  # each item's own seed
+        x_T = per_item_normal(rngs, shape, xp)  # each item's own seed, made where the sampler state lives
         names = [spec.name for spec in den.inputs]
         out_name = den.outputs[0].name
         together = den.batch_invariant

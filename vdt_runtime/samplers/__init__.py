@@ -11,11 +11,11 @@ from typing import Callable, NamedTuple
 
 from vdt_runtime.errors import InputError
 from vdt_runtime.samplers import ddim, ddpm, dpmpp
-from vdt_runtime.samplers._common import check_eta, standard_normal
+from vdt_runtime.samplers._common import check_eta, per_item_normal, standard_normal
 from vdt_runtime.schedule import _check_int
 
 __all__ = ["SAMPLERS", "DEFAULT_SAMPLING", "Sampling", "check_sampling", "get_sampler", "parse_sampling",
-           "standard_normal"]
+           "per_item_normal", "standard_normal"]
 
 SAMPLERS: dict[str, Callable] = {"ddpm": ddpm.sample, "ddim": ddim.sample, "dpmpp": dpmpp.sample}
 ETA_SAMPLERS = ("ddim", "dpmpp")  # the samplers that take η

@@ -99,7 +99,7 @@ class Model:
         if isinstance(self.rng, np.random.Generator):
             return standard_normal(self.rng, shape, xp)
         if isinstance(self.rng, (list, tuple)):
-            return xp.stack([standard_normal(g, shape[1:], xp) for g in self.rng])
+            return per_item_normal(self.rng, shape[1:], xp)
         return _check_latents(xp, "noise", self.rng(shape), shape)
 
     def composite(self, x: np.ndarray) -> np.ndarray:
@@ -136,6 +136,12 @@ def standard_normal(rng: np.random.Generator, shape: tuple[int, ...], xp=np) -> 
     xp.multiply(radius, xp.cos(angle), out=z[:half])
     xp.multiply(radius, xp.sin(angle), out=z[half:])
     return z[:n].reshape(shape)
+
+
+def per_item_normal(rngs, shape: tuple[int, ...], xp=np) -> np.ndarray:
+    """[len(rngs), *shape] float32 N(0, 1): item b's draw from rngs[b] alone (`standard_normal`), so an item's noise
+    is the same whatever else is in its batch."""
+    return xp.stack([standard_normal(g, shape, xp) for g in rngs])
 
 
 def no_options(sampler: str, opts: dict) -> None:
