@@ -11,6 +11,7 @@ import onnx
 import torch
 import torch.nn as nn
 
+from vdt_runtime import _manifest
 from vdt_runtime._atomic import atomic_dir, atomic_path
 from vdt_runtime.bundle import sha256_file as hash_file  # re-exported: one hashing routine for both sides
 from vdt_runtime.errors import BundleError, InputError
@@ -62,11 +63,12 @@ def bundle_owned(bundle_dir: str | os.PathLike):
 
 
 def read_manifest(bundle_dir: str | os.PathLike) -> dict:
-    """The raw manifest.json of a bundle folder, for tools that amend it (verify, quantize)."""
+    """The raw manifest.json of a bundle folder, for tools that amend it (verify, quantize), read by the runtime's
+    bounded reader (size cap, UTF-8 JSON object, typed errors)."""
     path = Path(bundle_dir) / MANIFEST
     if not path.is_file():
         raise BundleError(f"no {MANIFEST} in {str(bundle_dir)!r}; is it a bundle folder?")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return _manifest.read_manifest(path)
 
 
 def write_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> Path:
