@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("vdt_runtime/trt_engines.py", "vdt_runtime/backends/tensorrt.py")
+SOURCES = ("vdt_runtime/backends/trt_engines.py", "vdt_runtime/backends/tensorrt.py")
 # names bound to TensorRT objects in those files: the module and what it builds
 TRT_OBJECTS = {"trt", "builder", "network", "parser", "config", "profile", "cache", "logger"}
 TRT_SELF = {"_runtime", "_engine", "_context"}

@@ -151,7 +151,7 @@ def cupy(_):
 def buffers(_):
     from cuda.bindings import runtime as cudart
 
-    from vdt_runtime import trt_engines as te
+    from vdt_runtime.backends import trt_engines as te
 
     stream = te.cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
     host = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)
@@ -249,7 +249,7 @@ def tensorrt(bundle: Path):
 @guarded
 def overhead(bundle: Path):
     """What the runtime itself costs around the engine on a GPU: predict 8 → 16 frames through the native backend
-    with the stand-in engine of tests/standin_tensorrt.py (one elementwise kernel per call, next to no compute),
+    with the stand-in engine of tests/runtime/standin_tensorrt.py (one elementwise kernel per call, next to no compute),
     so the time is the sampler, the copies and Python; sampler state on the host (NumPy) vs on the GPU (CuPy)."""
     import cupy  # noqa: F401 - SKIP without it
 
@@ -257,7 +257,7 @@ def overhead(bundle: Path):
     import standin_tensorrt as standin
 
     from vdt_runtime import Pipeline
-    from vdt_runtime import trt_engines as te
+    from vdt_runtime.backends import trt_engines as te
     from vdt_runtime.bundle import Bundle
 
     saved = sys.modules.get("tensorrt"), te.build_engine

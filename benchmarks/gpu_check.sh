@@ -11,5 +11,5 @@ py="${PYTHON:-python}"
 nvidia-smi || echo "nvidia-smi not found"
 uptime
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$py" benchmarks/gpu_check.py --out "$out"
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$py" -m pytest -q -rs -m gpu tests/test_sampler_xp.py tests/test_tensorrt_logic.py \
-  tests/test_tensorrt_cuda_side.py || true
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$py" -m pytest -q -rs -m gpu tests/runtime/test_sampler_xp.py tests/runtime/test_tensorrt_logic.py \
+  tests/runtime/test_tensorrt_cuda_side.py || true

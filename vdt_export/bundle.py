@@ -11,7 +11,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from vdt_runtime import _manifest
+from vdt_runtime.bundle import _manifest
 from vdt_runtime._atomic import atomic_dir, atomic_path
 from vdt_runtime.bundle import sha256_file as hash_file  # re-exported: one hashing routine for both sides
 from vdt_runtime.errors import BundleError, InputError

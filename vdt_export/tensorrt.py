@@ -4,14 +4,14 @@
     vdt-export trt engines/vdt-s2 --precision fp16 --frame-buckets 4,8,16 --workspace-gb 8
     vdt-export trt engines/vdt-s2 --version-compatible --hardware-compat ampere+ --cache-dir ship/   # to ship
 
-The builder, cache key and cache checks are vdt_runtime.trt_engines (the runtime builds a missing engine with the
+The builder, cache key and cache checks are vdt_runtime.backends.trt_engines (the runtime builds a missing engine with the
 same code); this file is the command. Needs tensorrt and cuda-python (pip install 'vdt[tensorrt]') and a GPU.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from vdt_runtime import trt_engines as te
+from vdt_runtime.backends import trt_engines as te
 from vdt_runtime.bundle import STAGES, Bundle
 
 

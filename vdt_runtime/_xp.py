@@ -2,7 +2,7 @@
 backend hands back device arrays, so the same sampler code keeps its state where the denoiser's output lives.
 
 Sampler code calls `xp.<function>` for everything that is not an operator or an indexing (`namespace(x)` below),
-never `numpy.<function>` on a state array; tests/test_sampler_xp.py runs every sampler through a namespace that
+never `numpy.<function>` on a state array; tests/runtime/test_sampler_xp.py runs every sampler through a namespace that
 refuses anything else. Coefficients from the schedule stay host-side Python floats.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ returned as CuPy), so a sampler on CuPy arrays keeps its state on the GPU (`arra
 
 Nothing here has run against real TensorRT (README "FP16 and TensorRT"). The option checks, profile choice and
 engine cache logic are tested on the CPU; the CUDA side (buffers, copies, profile switches, CUDA graphs, CuPy
-state) ran on an H200 with a stand-in engine (tests/test_tensorrt_cuda_side.py, BENCHMARKS.md §9).
+state) ran on an H200 with a stand-in engine (tests/runtime/test_tensorrt_cuda_side.py, BENCHMARKS.md §9).
 """
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from vdt_runtime import trt_engines as engines
+from vdt_runtime.backends import trt_engines as engines
 from vdt_runtime._xp import namespace
 from vdt_runtime.backends.base import Backend, boolean, check_io
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BackendError, InputError
 
 PRECISIONS = engines.PRECISIONS
-# cache_dir: engine cache (default vdt_runtime.trt_engines.default_cache_dir()); cuda_graph: capture per (B, T);
+# cache_dir: engine cache (default vdt_runtime.backends.trt_engines.default_cache_dir()); cuda_graph: capture per (B, T);
 # workspace_gb: builder workspace limit; device_id: CUDA device; frame_buckets: one profile per frame bucket;
 # build: build a missing engine at load (False: refuse); device_state: hand CuPy arrays to the sampler
 OPTIONS = {"cache_dir": None, "cuda_graph": False, "workspace_gb": 4.0, "device_id": 0, "frame_buckets": (),

@@ -1,4 +1,4 @@
-"""`vdt serve` end to end (tests/serve_check.py) under an interpreter PyTriton's Triton stub can load.
+"""`vdt serve` end to end (tests/runtime/serve_check.py) under an interpreter PyTriton's Triton stub can load.
 
 PyTriton's Python-backend stub links the system libpython; an interpreter of another build (e.g. pyenv's, without a
 shared libpython) fails inside the stub. So the check runs under $VDT_SERVE_PYTHON (a venv made from the system
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def serve_python() -> tuple[str | None, str]:
@@ -37,7 +37,7 @@ def test_serve_http_and_grpc_match_the_pipeline(tiny_bundle):
     python, why = serve_python()
     if python is None:
         pytest.skip(why)
-    proc = subprocess.run([python, str(REPO / "tests" / "serve_check.py"), str(tiny_bundle)], capture_output=True,
+    proc = subprocess.run([python, str(REPO / "tests" / "runtime" / "serve_check.py"), str(tiny_bundle)], capture_output=True,
                           text=True, timeout=900, cwd=REPO)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

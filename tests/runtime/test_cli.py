@@ -12,7 +12,7 @@ import pytest
 from vdt_runtime.cli import main
 from vdt_runtime.video import read_video, write_video
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""End-to-end check of `vdt serve`, run by tests/test_serve.py with an interpreter PyTriton's Triton stub accepts.
+"""End-to-end check of `vdt serve`, run by tests/runtime/test_serve.py with an interpreter PyTriton's Triton stub accepts.
 
-    python tests/serve_check.py BUNDLE
+    python tests/runtime/serve_check.py BUNDLE
 
 Starts `vdt serve BUNDLE` on 127.0.0.1 (free ports), sends concurrent requests over HTTP and gRPC with
 tritonclient, and checks that each answer is byte-identical to a direct Pipeline call with the same Request;
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from vdt_runtime import Pipeline, Request  # noqa: E402

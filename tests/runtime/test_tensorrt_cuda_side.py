@@ -1,4 +1,4 @@
-"""The native TensorRT backend's CUDA side on a real GPU, with a stand-in engine (tests/standin_tensorrt.py) where
+"""The native TensorRT backend's CUDA side on a real GPU, with a stand-in engine (tests/runtime/standin_tensorrt.py) where
 TensorRT is not installed: device buffers, copies, profiles, CUDA graphs, the engine cache and CuPy sampler state.
 All `gpu` (deselected by default); each skips cleanly without CuPy, cuda.bindings or a CUDA device."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gpu
 sys.path.insert(0, str(Path(__file__).parent))
 import standin_tensorrt as standin  # noqa: E402
 
-DEFAULT = Path(__file__).resolve().parents[1] / "engines" / "default"
+DEFAULT = Path(__file__).resolve().parents[2] / "engines" / "default"
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def cuda(monkeypatch):
             pytest.skip("no CUDA device")
     except cp.cuda.runtime.CUDARuntimeError as e:
         pytest.skip(f"no CUDA device ({e})")
-    from vdt_runtime import trt_engines as te
+    from vdt_runtime.backends import trt_engines as te
     from vdt_runtime.bundle import Bundle
 
     builds: list = []

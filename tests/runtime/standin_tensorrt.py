@@ -9,7 +9,7 @@ buffer at the addresses the backend set:
     out[i] = tanh(0.7 * x[i mod x.size] + t[i // (out.size / B)] / 999)      (t: the denoiser's timestep only)
 
 `reference()` is the same function in NumPy. It is not a model, so none of this says anything about TensorRT's
-numerics or speed (tests/test_tensorrt_logic.py's gpu test and benchmarks/gpu_check.py do that where TensorRT is
+numerics or speed (tests/runtime/test_tensorrt_logic.py's gpu test and benchmarks/gpu_check.py do that where TensorRT is
 installed)."""
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def plan_for(bundle, stage: str) -> dict:
 
 
 def builder(bundle, calls: list):
-    """A replacement for vdt_runtime.trt_engines.build_engine: records the call, returns the stand-in plan bytes."""
+    """A replacement for vdt_runtime.backends.trt_engines.build_engine: records the call, returns the stand-in plan bytes."""
     def build_engine(onnx_path, spec, *, timing_cache=None, log=print) -> bytes:
         calls.append((spec.stage, spec.precision))
         return json.dumps(plan_for(bundle, spec.stage)).encode()

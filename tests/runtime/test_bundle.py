@@ -141,7 +141,7 @@ def test_installed_bundles_load_by_name(tmp_path, monkeypatch):
 
 def test_external_data_shared_by_two_graphs_is_listed_once_and_verified(bundle_copy):
     """The exporter puts both denoiser graphs' weights in one denoiser.data: listed once, hashed by verify."""
-    from vdt_runtime._onnx_graph import read_graph_info
+    from vdt_runtime.bundle._onnx_graph import read_graph_info
 
     files = json.loads((bundle_copy / "manifest.json").read_text())["files"]
     for graph in ("denoiser.onnx", "denoiser.fused.onnx"):
@@ -231,7 +231,7 @@ def test_manifest_that_is_a_device_or_huge_is_never_read_whole(tmp_path):
 
 def test_graph_states_its_max_frames_and_the_manifest_must_agree(bundle_copy):
     """The frames axis bound is the one number a graph's dims cannot state; the exporter records it."""
-    from vdt_runtime._onnx_graph import read_graph_info
+    from vdt_runtime.bundle._onnx_graph import read_graph_info
 
     assert read_graph_info(bundle_copy / "denoiser.onnx").metadata["vdt.max_frames"] == "8"
 

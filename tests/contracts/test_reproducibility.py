@@ -12,7 +12,7 @@ import pytest
 
 from vdt_runtime import Pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KW = dict(cond=3, total=6, steps=2, sampler="ddpm")  # ddpm draws fresh noise every step
 CLIP = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)  # as in CHILD
 

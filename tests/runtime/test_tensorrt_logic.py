@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vdt_runtime import trt_engines as te
+from vdt_runtime.backends import trt_engines as te
 from vdt_runtime.errors import BackendError, InputError
 
 H100 = te.Device("NVIDIA H100 80GB HBM3", (9, 0), "10.13.0.35")
@@ -198,7 +198,7 @@ def test_choosing_tensorrt_without_it_is_a_typed_error(tiny_bundle, monkeypatch)
 
 
 def test_importing_the_runtime_imports_no_gpu_package():
-    code = ("import sys, vdt_runtime, vdt_runtime.backends, vdt_runtime.trt_engines, vdt_runtime.backends.tensorrt; "
+    code = ("import sys, vdt_runtime, vdt_runtime.backends, vdt_runtime.backends.trt_engines, vdt_runtime.backends.tensorrt; "
             "bad = [m for m in ('tensorrt', 'cuda', 'cupy', 'torch') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -240,7 +240,7 @@ def test_engine_matches_onnxruntime(tiny_bundle, bundle, tmp_path, cuda_graph):
 
 def test_api_check_finds_what_the_code_uses_and_what_an_api_lacks(tmp_path, capsys):
     """benchmarks/check_trt_api.py: the TensorRT names read by the code, checked against an API's names."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import check_trt_api
 
     names = check_trt_api.used_names(check_trt_api.ROOT / s for s in check_trt_api.SOURCES)

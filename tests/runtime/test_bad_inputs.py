@@ -20,7 +20,7 @@ from vdt_runtime import Pipeline, write_video
 from vdt_runtime.bundle import Bundle, sha256_file
 from vdt_runtime.errors import BackendError, BundleError, InputError
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Pipeline is thread-safe for concurrent calls: each call keeps its state (Generat
 buffers) in locals, and onnxruntime's InferenceSession.run may be called from several threads at once.
 Both sharing one Pipeline and one Pipeline per thread are exercised. RSS is read from /proc/self/status.
 
-    pytest -m slow tests/test_soak.py -s      # prints the numbers
+    pytest -m slow tests/runtime/test_soak.py -s      # prints the numbers
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 from vdt_runtime.samplers import get_sampler
 from vdt_runtime.schedule import make_schedule
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 MODEL_TOL = 1e-5  # max abs error against the official output (a correct port measured 2.4e-7)
 SAMPLER_TOL = 1e-5  # max abs error over the generated cells, relative to their largest value
 CASES = ("T4", "T2")

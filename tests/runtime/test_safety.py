@@ -16,7 +16,7 @@ from vdt_runtime import bundle as bundle_module
 from vdt_runtime.backends import ort as ort_backend
 from vdt_runtime.errors import BundleError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Runs the whole runtime (library + CLI, every input path incl. a .npy mask) with torch unimportable and
 # every unpickling entry point replaced by a tripwire; a pickled .npy mask must be refused, not loaded.

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vdt_runtime._manifest import FORMAT, FORMAT_VERSION, PRECISIONS, STAGES, check_manifest, check_relative, \
+from vdt_runtime.bundle._manifest import FORMAT, FORMAT_VERSION, PRECISIONS, STAGES, check_manifest, check_relative, \
     check_stage, read_manifest
-from vdt_runtime._onnx_graph import ValueInfo, read_graph_info
+from vdt_runtime.bundle._onnx_graph import ValueInfo, read_graph_info
 from vdt_runtime.errors import BundleError
 from vdt_runtime.samplers import DEFAULT_SAMPLING, Sampling
 from vdt_runtime.limits import shorten
@@ -21,7 +21,7 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "PRECISIONS", "STAGES", "Bundle", "Stage"
 _SCALED_AXIS = re.compile(r"(\d+)\*([A-Za-z_]\w*)")  # how torch.export names a dim k·x, e.g. "2*latent_height"
 
 
-BUNDLES = Path(__file__).resolve().parent / "bundles"  # shipped in the wheel; in a checkout, links into engines/
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"  # shipped in the wheel; in a checkout, links into engines/
 
 
 def installed_bundles() -> dict[str, Path]:

@@ -1,6 +1,6 @@
 """Atomic outputs: a writer SIGKILLed mid-write leaves the old complete output (or none), never a torn one.
 
-tests/atomic_writer.py rewrites one output in a loop through a slowed writer and prints "mark" at points
+tests/runtime/atomic_writer.py rewrites one output in a loop through a slowed writer and prints "mark" at points
 where the new data sits only in the temp file; we SIGKILL it right after a randomly chosen mark.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from vdt_runtime._atomic import atomic_path
 from vdt_runtime.errors import InputError
 from vdt_runtime.video import read_video, write_video
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("atomic_writer.py")
 sys.path.insert(0, str(CHILD.parent))
 from atomic_writer import video_version  # noqa: E402

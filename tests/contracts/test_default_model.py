@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT, BUNDLE = REPO / "checkpoints" / "default", REPO / "engines" / "default"
 TOL = 1e-4  # max abs error, fp32 torch vs fp32 onnxruntime (measured up to 6.2e-6 on outputs of mean |x| 0.6-0.9)
 

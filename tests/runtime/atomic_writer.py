@@ -1,6 +1,6 @@
-"""Child process for tests/test_atomic.py: rewrite one output forever through a slowed writer, narrating.
+"""Child process for tests/runtime/test_atomic.py: rewrite one output forever through a slowed writer, narrating.
 
-    python tests/atomic_writer.py KIND TARGET [SOURCE_BUNDLE]
+    python tests/runtime/atomic_writer.py KIND TARGET [SOURCE_BUNDLE]
 
 KIND is gif | mp4 | pngs (vdt_runtime.video.write_video), checkpoint (vdt_export.checkpoint.save_state_dict)
 or bundle (vdt_export.bundle.export_bundle). Version k of the output is written, then "saved k" is printed.
