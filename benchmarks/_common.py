@@ -83,7 +83,7 @@ def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, warmu
 def parse_run(text: str) -> tuple[str, int, float]:
     """'sampler:steps' or 'sampler:steps:eta' → (sampler, steps, eta), for argparse."""
     from vdt_runtime.errors import InputError
-    from vdt_runtime.samplers import parse_sampling
+    from vdt_runtime.settings import parse_sampling
 
     try:
         return parse_sampling(text)

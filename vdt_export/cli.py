@@ -5,8 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from vdt_runtime.cli import run_guarded
+from vdt_runtime.backends.trt_engines import PRECISIONS as TRT_PRECISIONS
+from vdt_runtime.bundle import STAGES
+from vdt_runtime.cli_support import run_guarded
 from vdt_runtime.errors import VDTError
+from vdt_runtime.settings import PREDICTION_TYPES, VARIANCE_TYPES
 
 from .models import CONFIGS, VDT, VDTConfig, config_from_name
 
@@ -36,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--num-frames", type=int, help="trained frames of a --random-init model (default: config)")
     onnx.add_argument("--max-frames", type=int, help="exported maximum T (≥ num_frames; extends the sin-cos table)")
     onnx.add_argument("--max-batch", type=int, default=16, help="largest batch in the manifest (default 16)")
-    onnx.add_argument("--prediction-type", choices=["epsilon", "v"],
+    onnx.add_argument("--prediction-type", choices=PREDICTION_TYPES,
                       help="default: a checkpoint folder's, else epsilon")
-    onnx.add_argument("--variance-type", choices=["learned_range", "fixed_small"],
+    onnx.add_argument("--variance-type", choices=VARIANCE_TYPES,
                       help="default: learned_range when the model outputs 2C channels, else fixed_small")
     onnx.add_argument("--scale-factor", type=float,
                       help="VAE latent scale (default: a checkpoint folder's, else the VAE config's, 0.18215 for SD)")
@@ -66,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     trt = sub.add_parser("trt", help="build TensorRT engines for a bundle into the engine cache (needs a GPU)")
     trt.add_argument("bundle", type=Path)
-    trt.add_argument("--precision", action="append", choices=["fp32", "fp16"],
+    trt.add_argument("--precision", action="append", choices=TRT_PRECISIONS,
                      help="repeat for several (default: every precision the bundle has an ONNX for)")
-    trt.add_argument("--stage", action="append", choices=["denoiser", "vae_encoder", "vae_decoder"],
+    trt.add_argument("--stage", action="append", choices=STAGES,
                      help="repeat for several (default: all three)")
     trt.add_argument("--frame-buckets", default="", help="denoiser profiles per frame bucket, e.g. 4,8,16")
     trt.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace limit (default 4)")
@@ -107,7 +110,7 @@ def _random_vdt(config: VDTConfig, max_frames: int | None, seed: int) -> VDT:
 
 
 def _cmd_onnx(args) -> int:
-    from vdt_runtime.samplers import parse_sampling
+    from vdt_runtime.settings import parse_sampling
 
     from .bundle import export_bundle
     from .checkpoint import load_checkpoint_folder, load_vdt
@@ -205,7 +208,7 @@ def _cmd_trt(args) -> int:
 
     buckets = tuple(int(b) for b in args.frame_buckets.split(",") if b.strip())
     rows = build_bundle_engines(args.bundle, precisions=tuple(args.precision) if args.precision else None,
-                                stages=tuple(args.stage) if args.stage else ("denoiser", "vae_encoder", "vae_decoder"),
+                                stages=tuple(args.stage) if args.stage else STAGES,
                                 frame_buckets=buckets, cache_dir=args.cache_dir, device_id=args.device_id,
                                 force=args.force, workspace_gb=args.workspace_gb, tf32=args.tf32,
                                 version_compatible=args.version_compatible, hardware_compat=args.hardware_compat)
