@@ -209,7 +209,7 @@ def _skipped(skipped: list[str]) -> str:
 
 
 def _int8_error(bundle: Path) -> str:
-    from vdt_export.quantize import precision_error
+    from vdt_export.stage_error import precision_error
 
     e = precision_error(bundle)
     return (f"\nint8 vs fp32 denoiser output on 4 random inputs (batch 1, T = opt): max abs {e['max_abs']:.4f}, "

@@ -106,7 +106,7 @@ def make_bundle(tmp: Path) -> Path:
 
 @guarded
 def fp16_onnx(bundle: Path):
-    from vdt_export.quantize import precision_error
+    from vdt_export.stage_error import precision_error
 
     for stage in ("denoiser", "vae_encoder", "vae_decoder"):
         e = precision_error(bundle, precision="fp16", stage=stage, trials=4)

@@ -150,7 +150,8 @@ def _cmd_onnx(args) -> int:
 
 
 def _cmd_quantize(args) -> int:
-    from .quantize import precision_error, quantize_bundle
+    from .quantize import quantize_bundle
+    from .stage_error import precision_error
 
     path = quantize_bundle(args.bundle, mode=args.mode, calibration_batches=args.calibration_batches)
     err = precision_error(args.bundle)
@@ -172,12 +173,11 @@ def _bundle_models(args) -> tuple[VDT, object]:
 
 def _cmd_fp16(args) -> int:
     from .fp16 import add_fp16
-    from .quantize import precision_error
 
     vdt, vae = _bundle_models(args)
-    for path in add_fp16(args.bundle, vdt, vae, verbose=args.verbose):
-        stage = path.name.split(".")[0]
-        e = precision_error(args.bundle, precision="fp16", stage=stage)
+    errors: dict[str, dict] = {}
+    for path in add_fp16(args.bundle, vdt, vae, verbose=args.verbose, errors=errors):
+        e = errors[path.name.split(".")[0]]
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); fp16 vs fp32 on random inputs: max abs "
               f"{e['max_abs']:.3g} ({e['rel_max']:.2%} of max |fp32|), mean abs {e['mean_abs']:.3g} "
               f"({e['rel_mean']:.2%} of mean |fp32|), providers {e['providers']}")

@@ -69,6 +69,12 @@ def _relist(manifest: dict, folder: Path, name: str) -> None:
     manifest["files"][name] = {"sha256": sha256_file(folder / name), "size": (folder / name).stat().st_size}
 
 
+def _truncated_decoder(m: dict, folder: Path) -> None:
+    data = (folder / "vae_decoder.onnx").read_bytes()
+    (folder / "vae_decoder.onnx").write_bytes(data[: len(data) // 2])  # cut mid-tensor
+    _relist(m, folder, "vae_decoder.onnx")
+
+
 def _swap_denoiser_for_encoder(m: dict, folder: Path) -> None:
     shutil.copyfile(folder / "vae_encoder.onnx", folder / "denoiser.onnx")
     _relist(m, folder, "denoiser.onnx")
@@ -191,6 +197,38 @@ def _load_vdt(ctx: Ctx, state, config=None):
     from vdt_export.checkpoint import load_vdt
 
     return load_vdt(state, config)
+
+
+def _corrupt_data(m: dict, folder: Path) -> None:
+    """Flip one byte of the denoiser weights, keeping the size (only the sha256 can tell)."""
+    data = bytearray((folder / "denoiser.data").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / "denoiser.data").write_bytes(bytes(data))
+
+
+def _quantize(path: Path):
+    pytest.importorskip("onnxruntime.quantization")
+    from vdt_export.quantize import quantize_bundle
+
+    return quantize_bundle(path)
+
+
+def _export_inside_bundle(ctx: Ctx):
+    pytest.importorskip("torch")
+    from vdt_export.bundle import export_bundle
+
+    vdt, vae = ctx.request.getfixturevalue("tiny_models")
+    return export_bundle(vdt, vae, ctx.bundle_copy() / "nested", name="nested", image_size=16)
+
+
+def _fp16_of_other_weights(ctx: Ctx):
+    pytest.importorskip("torch")
+    from vdt_export.fp16 import add_fp16
+    from vdt_export.models import VDT
+    from vdt_export.sources import randomize_
+
+    vdt, _ = ctx.request.getfixturevalue("tiny_models")
+    return add_fp16(ctx.bundle_copy(), randomize_(VDT(vdt.config), 5))  # same config, other weights
 
 
 def _pickled_checkpoint(ctx: Ctx):
@@ -391,6 +429,8 @@ CASES = [
          lambda c: Bundle.load(c.bundle_copy(_garbage_denoiser))),
     Case("bundle-fused-unreadable", "BundleError", ("denoiser.fused.onnx", "not a readable ONNX model"),
          lambda c: Bundle.load(c.bundle_copy(_garbage_fused_denoiser))),
+    Case("bundle-graph-truncated", "BundleError", ("vae_decoder.onnx", "not a readable ONNX model", "past the end"),
+         lambda c: Bundle.load(c.bundle_copy(_truncated_decoder))),
     Case("bundle-symlink-out", "BundleError", ("'vae_decoder.onnx'", "outside the bundle folder", "symlinks"),
          lambda c: Bundle.load(c.bundle_copy(_symlink_out))),
     Case("bundle-external-data-unlisted", "BundleError", ("denoiser.onnx", "'weights.data'", "do not list"),
@@ -424,6 +464,15 @@ CASES = [
          lambda c: Bundle.load(c.bundle_copy(lambda m, p: m.update(sampling={"sampler": "euler", "steps": 10})))),
     Case("fused-not-bool", "InputError", ("fused", "True or False", "'yes'"),
          lambda c: Pipeline.load(c.bundle, backend="cpu", options={"fused": "yes"})),
+    # --- export commands that amend or write bundles (vdt_export) --------------------------------------
+    Case("quantize-corrupt-bundle", "BundleError", ("'denoiser.data'", "hash check"),
+         lambda c: _quantize(c.bundle_copy(lambda m, p: _corrupt_data(m, p)))),
+    Case("quantize-fused-unreadable", "BundleError", ("denoiser.fused.onnx", "not a readable ONNX model"),
+         lambda c: _quantize(c.bundle_copy(_garbage_fused_denoiser))),
+    Case("fp16-other-weights", "InputError", ("fp16 denoiser", "fp16 rounding allows 1% / 5%",
+                                              "not the weights the bundle was exported from"),
+         _fp16_of_other_weights),
+    Case("export-out-inside-bundle", "InputError", ("nested", "lies inside bundle"), _export_inside_bundle),
     # --- checkpoints (vdt_export) --------------------------------------------------------------------
     Case("checkpoint-other-config", "CheckpointError", ("VDT-S/2", "depth=12", "depth=2"),
          lambda c: _load_vdt(c, c.state_dict(), "VDT-S/2")),
