@@ -192,13 +192,17 @@ def cache_folder(bundle: Bundle, path: Path, who: str) -> Path:
 
 
 def _driver():
-    """The CUDA driver library after a successful cuInit, or None (no driver, or it reports an error)."""
-    name = ctypes.util.find_library("cuda") or ctypes.util.find_library("nvcuda")
-    try:
-        lib = ctypes.CDLL(name or "libcuda.so.1")
-        return lib if lib.cuInit(0) == 0 else None
-    except (OSError, AttributeError):
-        return None
+    """The CUDA driver library after a successful cuInit, or None (no driver, or it reports an error). Found as the
+    CUDA runtime finds it: libcuda.so.1 through the dynamic loader (LD_LIBRARY_PATH first), else nvcuda on Windows."""
+    for name in ("libcuda.so.1", ctypes.util.find_library("cuda"), ctypes.util.find_library("nvcuda")):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+            return lib if lib.cuInit(0) == 0 else None
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
 @functools.lru_cache(maxsize=1)
