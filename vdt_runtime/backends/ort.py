@@ -170,9 +170,9 @@ class OrtBackend(Backend):
         self._output_names = [s.name for s in self.outputs]
         self._on_gpu = self.providers[0] in GPU_PROVIDERS
         self._device = ("cuda" if self._on_gpu else "cpu", o.device_id if self._on_gpu else 0)
-        self._binding, self._graphs = o.io_binding, o.cuda_graph
+        self._binding, self._graphs = o.io_binding, o.cuda_graph and graph_capable(spec)
         self._device_state = o.device_state and self._on_gpu and self._binding
-        self._static: dict[tuple, tuple[Any, list[Any], Any]] = {}  # cuda_graph: input shapes -> buffers
+        self._static: dict[tuple, tuple] = {}  # cuda_graph: input shapes -> (binding, inputs, outputs, run options)
         self._lock = threading.Lock()
 
     def _check_io(self, fname: str) -> None:
@@ -230,25 +230,28 @@ class OrtBackend(Backend):
                 for n, v in zip(self._output_names, values)}
 
     def _run_static(self, feed: dict[str, Any]) -> dict[str, Any]:
-        """cuda_graph: one binding with fixed buffers per input shapes, reused every call (a captured graph replays
-        those addresses); inputs are copied in, outputs copied out. Graph ids are passed only on a real GPU."""
+        """cuda_graph: one binding with fixed input and output buffers per input shapes, reused every call (a
+        captured graph replays those addresses); inputs are copied in, outputs copied out. Graph ids are passed
+        only where a GPU provider really runs."""
         ort = _ort()
         key = tuple((k, tuple(v.shape)) for k, v in sorted(feed.items()))
         entry = self._static.get(key)
-        first = entry is None
-        if first:
+        if entry is None:
             binding = self.session.io_binding()
+            shapes = _output_shapes(self.inputs, self.outputs, {k: tuple(v.shape) for k, v in feed.items()})
             buffers = {k: ort.OrtValue.ortvalue_from_shape_and_type(tuple(v.shape), v.dtype.type, *self._device)
                        for k, v in feed.items()}
+            outs = {s.name: ort.OrtValue.ortvalue_from_shape_and_type(shapes[s.name], np.dtype(s.dtype).type,
+                                                                      *self._device) for s in self.outputs}
             for k, ov in buffers.items():
                 binding.bind_ortvalue_input(k, ov)
-            for name in self._output_names:
-                binding.bind_output(name, *self._device)
+            for k, ov in outs.items():
+                binding.bind_ortvalue_output(k, ov)
             run_options = ort.RunOptions()
             if self._on_gpu:
                 run_options.add_run_config_entry("gpu_graph_id", str(len(self._static) + 1))
-            entry = self._static[key] = (binding, buffers, run_options)
-        binding, buffers, run_options = entry
+            entry = self._static[key] = (binding, buffers, outs, run_options)
+        binding, buffers, outs, run_options = entry
         xp = namespace(*feed.values())
         for k, a in feed.items():
             if type(a) is np.ndarray:
@@ -259,12 +262,8 @@ class OrtBackend(Backend):
             xp.cuda.get_current_stream().synchronize()
         self.session.run_with_iobinding(binding, run_options)
         binding.synchronize_outputs()
-        values = binding.get_outputs()
-        if first:  # keep onnxruntime's first output buffers bound: every later call writes the same addresses
-            for name, v in zip(self._output_names, values):
-                binding.bind_ortvalue_output(name, v)
         return {n: (_as_cupy(v, self._device[1]).copy() if xp is not np else np.array(v.numpy(), copy=True))
-                for n, v in zip(self._output_names, values)}
+                for n, v in outs.items()}
 
     def _release(self) -> None:
         self.session, self._static = None, {}
@@ -276,22 +275,23 @@ def provider_options(bundle: Bundle, stage: str, plan) -> list[dict[str, str]]:
     o: OrtOptions = plan.options
     precision = plan.precisions[stage]
     out = []
+    graphs = o.cuda_graph and graph_capable(bundle.stage(stage))
     for provider in plan.providers:
         if provider == CUDA:
             opts = {"device_id": str(o.device_id), "arena_extend_strategy": o.arena_extend_strategy,
                     "cudnn_conv_algo_search": o.cudnn_conv_algo_search, "use_tf32": "0",
-                    "enable_cuda_graph": "1" if o.cuda_graph else "0"}
+                    "enable_cuda_graph": "1" if graphs else "0"}
             if o.gpu_mem_limit is not None:
                 opts["gpu_mem_limit"] = str(o.gpu_mem_limit)
         elif provider == TRT:
-            opts = _tensorrt_options(bundle, stage, precision, o)
+            opts = _tensorrt_options(bundle, stage, precision, o, graphs)
         else:
             opts = {}
         out.append(opts)
     return out
 
 
-def _tensorrt_options(bundle: Bundle, stage: str, precision: str, o: OrtOptions) -> dict[str, str]:
+def _tensorrt_options(bundle: Bundle, stage: str, precision: str, o: OrtOptions, graphs: bool) -> dict[str, str]:
     """TensorRT provider options: engine cache keyed by trt_engines' BuildSpec (ONNX sha256, precision, profile,
     flags, GPU name + compute capability, TensorRT version) in its own folder, one timing cache per GPU + TensorRT,
     the manifest's min/opt/max as the optimization profile, fp16 for the bundle's fp16 file."""
@@ -308,7 +308,21 @@ def _tensorrt_options(bundle: Bundle, stage: str, precision: str, o: OrtOptions)
             "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(engine_dir),
             "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(timing_dir),
             "trt_profile_min_shapes": shapes[0], "trt_profile_opt_shapes": shapes[1],
-            "trt_profile_max_shapes": shapes[2], "trt_cuda_graph_enable": str(o.cuda_graph)}
+            "trt_profile_max_shapes": shapes[2], "trt_cuda_graph_enable": str(graphs)}
+
+
+def graph_capable(spec) -> bool:
+    """Whether a stage's output shapes follow from its input shapes (every output axis is fixed or named by an
+    input), so fixed output buffers can be bound before the first call: what a CUDA graph needs. The denoiser is;
+    the VAE stages are not (latent and pixel sizes are separate axes), so cuda_graph leaves them uncaptured."""
+    named = {d for s in spec.inputs for d in s.shape if isinstance(d, str)}
+    return all(isinstance(d, int) or d in named for s in spec.outputs for d in s.shape)
+
+
+def _output_shapes(inputs, outputs, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Each output's shape for these input shapes (graph_capable stages only)."""
+    size = {d: n for s in inputs for d, n in zip(s.shape, shapes[s.name]) if isinstance(d, str)}
+    return {s.name: tuple(d if isinstance(d, int) else size[d] for d in s.shape) for s in outputs}
 
 
 def session_options(threads: int | None = None, graph_optimization: str = "all", spinning: bool = True):
