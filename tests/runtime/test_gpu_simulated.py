@@ -104,9 +104,10 @@ print(json.dumps({**state(pipe, warned), "same": bool(np.array_equal(out, ref))}
                                     "of machine (the NVIDIA driver reports 1 GPU(s); onnxruntime offers Tensorrt, "
                                     "CUDA, CPU)")
     assert got["providers"] == {s: [CPU] for s in ("denoiser", "vae_encoder", "vae_decoder")}
-    assert sorted(got["warnings"]) == sorted(
+    assert sorted(w.split(" (")[0] for w in got["warnings"]) == sorted(
         f"auto's choice 'cuda' asked for {CUDA} but stage {s!r} runs on {CPU}"
         for s in ("denoiser", "vae_encoder", "vae_decoder"))
+    assert all("could not load it: its CUDA, cuDNN or TensorRT libraries are missing" in w for w in got["warnings"])
     assert got["graphs"]["denoiser"] == "fused"  # fell back to the CPU alone: the CPU's fused graph
     assert "runs on CPUExecutionProvider" in got["describe"] and "backend    cuda  (auto chose 'cuda'" in got["describe"]
     assert got["same"]
@@ -132,6 +133,7 @@ def test_auto_with_tensorrt_offered_and_cuda_missing(box, tmp_path):
     assert _requested(b)["denoiser.onnx"] == [TRT, CPU]
     assert got["providers"]["denoiser"] == [CPU]
     assert all(f"asked for {TRT} but stage" in w for w in got["warnings"]) and len(got["warnings"]) == 3
+    assert "(Please install TensorRT libraries" in got["warnings"][0]  # onnxruntime's own words, one line
 
 
 def test_gpu_box_whose_onnxruntime_offers_only_the_cpu(box):

@@ -77,14 +77,22 @@ class Backend(ABC):
     # per call); Pipeline.generate then runs the stage item by item, so batching never changes a request's bytes
     batch_invariant: bool = True
     _closed: bool = False
+    _device_state: bool = False  # a GPU backend whose run() takes and returns CuPy arrays sets it (when asked to)
 
     @abstractmethod
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Feed {input name: array}; return {output name: array}."""
 
     def array_namespace(self):
-        """The array library run() takes and returns natively: NumPy here; a GPU backend may return CuPy so the
-        sampler keeps its state on the device."""
+        """The array library run() takes and returns natively: CuPy where the backend keeps device state
+        (`_device_state`) and CuPy imports, so the sampler keeps its state on the GPU; NumPy otherwise."""
+        if self._device_state:
+            try:
+                import cupy
+
+                return cupy
+            except ImportError:
+                pass
         return np
 
     def close(self) -> None:

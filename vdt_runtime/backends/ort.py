@@ -163,10 +163,9 @@ class OrtBackend(Backend):
             self.graph = "fused"
         self._check_io(path.name)
         if self.providers[0] != self.requested[0]:
-            detail = f" ({log.strip().splitlines()[0][:300]})" if log.strip() else ""
             who = f"auto's choice {plan.backend!r}" if plan.chosen else f"backend {plan.backend!r}"
             warnings.warn(f"{who} asked for {self.requested[0]} but stage {stage!r} runs on "
-                          f"{', '.join(self.providers)}{detail}", RuntimeWarning, stacklevel=4)
+                          f"{', '.join(self.providers)} ({_why_not_loaded(log)})", RuntimeWarning, stacklevel=4)
         self._output_names = [s.name for s in self.outputs]
         self._on_gpu = self.providers[0] in GPU_PROVIDERS
         self._device = ("cuda" if self._on_gpu else "cpu", o.device_id if self._on_gpu else 0)
@@ -180,18 +179,6 @@ class OrtBackend(Backend):
         for kind, declared, actual in (("inputs", self.inputs, self.session.get_inputs()),
                                        ("outputs", self.outputs, self.session.get_outputs())):
             check_io(self.stage, fname, kind, declared, [(a.name, _ORT_TYPES.get(a.type, a.type)) for a in actual])
-
-    def array_namespace(self):
-        """CuPy when a GPU provider really runs, io_binding and device_state are on and CuPy imports (the sampler
-        then keeps its state on the device); NumPy otherwise."""
-        if self._device_state:
-            try:
-                import cupy
-
-                return cupy
-            except ImportError:
-                pass
-        return np
 
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run the session; inputs are cast to the declared dtypes (contiguous). NumPy in, NumPy out; with
@@ -338,6 +325,14 @@ def session_options(threads: int | None = None, graph_optimization: str = "all",
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     so.log_severity_level = 3  # errors only; provider fallbacks are reported by us, once
     return so
+
+
+def _why_not_loaded(log: str) -> str:
+    """One line on why a provider did not load: onnxruntime's own words where it printed them, else the usual cause."""
+    lines = [line.strip() for line in log.splitlines() if line.strip(" *")]
+    said = next((line[line.index("Please install"):] for line in lines if "Please install" in line), None)
+    return (said or f"onnxruntime {_ort().__version__} could not load it: its CUDA, cuDNN or TensorRT libraries are "
+            "missing or do not match; see README 'GPU'")[:300]
 
 
 def _where(a) -> tuple[str, int]:

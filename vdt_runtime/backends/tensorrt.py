@@ -114,17 +114,6 @@ class TensorRTBackend(Backend):
         self._cuda_graph, self._device_state = o.cuda_graph, o.device_state
         self.providers = (f"TensorRT:{device.name}",)
 
-    def array_namespace(self):
-        """CuPy when it is installed and device_state is on (the sampler then keeps its state on the GPU)."""
-        if self._device_state:
-            try:
-                import cupy
-
-                return cupy
-            except ImportError:
-                pass
-        return np
-
     # --- one call ------------------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
         feed = self._feed(inputs)
