@@ -122,7 +122,7 @@ def _plan(bundle, backend, precision, options, can, chosen=None) -> Plan:
     family = BACKENDS[backend]
     precisions = {s: precision if precision in ps else ps[0] for s, ps in can.items()}
     checked = family.resolve(backend, check_options(backend, options, family), precisions)
-    return Plan(backend, precisions, checked, family.providers(backend), chosen)
+    return Plan(backend, precisions, checked, family.provider_list(backend), chosen)
 
 
 def open_backend(bundle: Bundle, stage: str, backend: str = "cpu", precision: str | None = None,

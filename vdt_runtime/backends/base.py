@@ -51,7 +51,7 @@ class Backend(ABC):
         """The precisions `choice` runs for this bundle stage here, default first."""
 
     @classmethod
-    def providers(cls, choice: str) -> tuple[str, ...]:
+    def provider_list(cls, choice: str) -> tuple[str, ...]:
         """What the plan asks the family's runtime for (onnxruntime: its execution providers, best first)."""
         return ()
 

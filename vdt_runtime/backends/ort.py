@@ -123,7 +123,7 @@ class OrtBackend(Backend):
         return tuple(sorted(files, key=lambda p: p != bundle.precision))
 
     @classmethod
-    def providers(cls, choice: str) -> tuple[str, ...]:
+    def provider_list(cls, choice: str) -> tuple[str, ...]:
         offered = set(available_providers())
         return tuple(p for p in PROVIDERS[choice] if p in offered or p == CPU)
 
