@@ -6,7 +6,6 @@ Runs in CI without a GPU; on a real GPU machine benchmarks/gpu_check.sh confirms
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

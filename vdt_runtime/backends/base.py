@@ -20,7 +20,7 @@ import numpy as np
 
 from vdt_runtime._xp import namespace
 from vdt_runtime.bundle import Bundle, TensorSpec, check_io  # noqa: F401 (check_io: re-exported for the backends)
-from vdt_runtime.errors import BackendError, BundleError, InputError
+from vdt_runtime.errors import BackendError, InputError
 from vdt_runtime.limits import shorten
 
 if TYPE_CHECKING:
