@@ -281,12 +281,12 @@ def test_io_binding_outputs_are_not_overwritten_by_the_next_call():
     ("cpu", {"cuda_graph": True}, "'cpu' does not take option.*'cuda_graph'"),
     ("cuda", {"cache_dir": "x"}, "'cuda' does not take option.*'cache_dir'.*device_state$"),
     ("ort-tensorrt", {"cudnn": 1}, "does not take option.*'cudnn'.*cache_dir, workspace_gb$"),
-    ("cuda", {"arena_extend_strategy": "grow"}, "unknown arena_extend_strategy 'grow'; choose one of kNextPowerOfTwo, "
-                                                "kSameAsRequested"),
-    ("cuda", {"cudnn_conv_algo_search": "fast"}, "choose one of EXHAUSTIVE, HEURISTIC, DEFAULT"),
-    ("cuda", {"gpu_mem_limit": 0}, "gpu_mem_limit must be a positive integer or None"),
-    ("cuda", {"device_id": -1}, "device_id must be an integer >= 0"),
-    ("cuda", {"device_id": True}, "device_id must be an integer >= 0"),
+    ("cuda", {"arena_extend_strategy": "grow"}, "arena_extend_strategy must be one of kNextPowerOfTwo, "
+                                                "kSameAsRequested, got 'grow'"),
+    ("cuda", {"cudnn_conv_algo_search": "fast"}, "must be one of EXHAUSTIVE, HEURISTIC, DEFAULT, got 'fast'"),
+    ("cuda", {"gpu_mem_limit": 0}, "gpu_mem_limit must be an integer >= 1 or None, got 0"),
+    ("cuda", {"device_id": -1}, "device_id must be >= 0, got -1"),
+    ("cuda", {"device_id": True}, "device_id must be an integer >= 0, got True"),
     ("cuda", {"cuda_graph": "yes"}, "cuda_graph must be True or False"),
     ("cuda", {"cuda_graph": True, "io_binding": False}, "cuda_graph needs io_binding"),
     ("cuda", {"io_binding": 1}, "io_binding must be True or False"),

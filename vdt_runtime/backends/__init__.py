@@ -15,8 +15,8 @@ from vdt_runtime.backends.ort import CPU, OrtBackend, available_providers
 from vdt_runtime.backends.tensorrt import TensorRTBackend
 from vdt_runtime.bundle import STAGES, Bundle
 from vdt_runtime.errors import BackendError, InputError
+from vdt_runtime.settings import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # compute precisions
 # backend choice -> the family that serves it
 BACKENDS: dict[str, type[Backend]] = {
     "cpu": OrtBackend,  # onnxruntime, CPU provider

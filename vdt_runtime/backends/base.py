@@ -14,7 +14,7 @@ import functools
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -22,9 +22,6 @@ from vdt_runtime._xp import namespace
 from vdt_runtime.bundle import Bundle, TensorSpec, check_io  # noqa: F401 (check_io: re-exported for the backends)
 from vdt_runtime.errors import BackendError, InputError
 from vdt_runtime.limits import shorten
-
-if TYPE_CHECKING:
-    from vdt_runtime.backends import Plan
 
 
 class Backend(ABC):
@@ -61,8 +58,8 @@ class Backend(ABC):
         return options
 
     @classmethod
-    def open(cls, bundle: Bundle, stage: str, plan: "Plan") -> "Backend":
-        """A ready backend for `stage`, exactly as `plan` says."""
+    def open(cls, bundle: Bundle, stage: str, plan) -> "Backend":
+        """A ready backend for `stage`, exactly as `plan` (a vdt_runtime.backends.Plan) says."""
         return cls(bundle, stage, plan)
 
     # --- one opened stage ----------------------------------------------------------------------------------
@@ -136,19 +133,6 @@ def check_options(choice: str, options: Any, family: type[Backend]):
     return family.Options(**options)
 
 
-def positive_int_or_none(name: str, value: Any) -> int | None:
-    """`value` if it is None or an integer >= 1, else InputError."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise InputError(f"{name} must be a positive integer or None, got {shorten(value)}")
-    return value
-
-
-def boolean(name: str, value: Any) -> bool:
-    """`value` if it is True or False, else InputError."""
-    if not isinstance(value, bool):
-        raise InputError(f"{name} must be True or False, got {shorten(value)}")
-    return value
-
 
 def number(name: str, value: Any) -> Any:
     """`value`, or the float a string spells (the CLI's -o key=2.5); other types are left to the range check."""
@@ -159,19 +143,6 @@ def number(name: str, value: Any) -> Any:
             raise InputError(f"{name} must be a number, got {shorten(value)}") from None
     return value
 
-
-def one_of(name: str, value: Any, allowed) -> str:
-    """`value` if it is one of `allowed`, else InputError listing them."""
-    if not isinstance(value, str) or value not in allowed:
-        raise InputError(f"unknown {name} {shorten(value)}; choose one of {', '.join(allowed)}")
-    return value
-
-
-def device_id(value: Any) -> int:
-    """A CUDA device number: an integer >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InputError(f"device_id must be an integer >= 0, got {shorten(value)}")
-    return value
 
 
 def folder_or_none(name: str, value: Any) -> Path | None:

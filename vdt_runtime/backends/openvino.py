@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vdt_runtime.backends.base import Backend, cache_folder, check_io, folder_or_none, positive_int_or_none
+from vdt_runtime.backends.base import Backend, cache_folder, check_io, folder_or_none
+from vdt_runtime.checks import check_int_or_none
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BackendError, InputError
 from vdt_runtime.limits import check_threads
@@ -44,7 +45,7 @@ class OvOptions:
             raise InputError(f"openvino option device must be a device name such as 'CPU' or 'GPU', "
                              f"got {self.device!r}")
         check_threads(self.threads)
-        positive_int_or_none("num_streams", self.num_streams)
+        check_int_or_none("num_streams", self.num_streams)
         object.__setattr__(self, "cache_dir", folder_or_none("openvino option cache_dir", self.cache_dir))
 
 

@@ -23,8 +23,9 @@ import numpy as np
 
 from vdt_runtime._xp import namespace, to_numpy
 from vdt_runtime.backends import trt_engines as engines
-from vdt_runtime.backends.base import (Backend, boolean, cache_folder, check_io, device_id, folder_or_none, gpu,
-                                       nvidia_gpus, number, one_of, positive_int_or_none, tensorrt_library)
+from vdt_runtime.backends.base import (Backend, cache_folder, check_io, folder_or_none, gpu, nvidia_gpus, number,
+                                       tensorrt_library)
+from vdt_runtime.checks import check_bool, check_choice, check_int, check_int_or_none
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BackendError, InputError
 from vdt_runtime.limits import check_threads
@@ -77,15 +78,15 @@ class OrtOptions:
 
     def __post_init__(self):
         check_threads(self.threads)
-        one_of("graph_optimization", self.graph_optimization, GRAPH_OPTIMIZATION)
+        check_choice("graph_optimization", self.graph_optimization, GRAPH_OPTIMIZATION)
         for key in ("spinning", "fused", "cuda_graph", "device_state"):
-            boolean(key, getattr(self, key))
+            check_bool(key, getattr(self, key))
         if self.io_binding is not None:
-            boolean("io_binding", self.io_binding)
-        device_id(self.device_id)
-        positive_int_or_none("gpu_mem_limit", self.gpu_mem_limit)
-        one_of("arena_extend_strategy", self.arena_extend_strategy, ARENA_EXTEND)
-        one_of("cudnn_conv_algo_search", self.cudnn_conv_algo_search, CUDNN_SEARCH)
+            check_bool("io_binding", self.io_binding)
+        check_int("device_id", self.device_id, 0)
+        check_int_or_none("gpu_mem_limit", self.gpu_mem_limit)
+        check_choice("arena_extend_strategy", self.arena_extend_strategy, ARENA_EXTEND)
+        check_choice("cudnn_conv_algo_search", self.cudnn_conv_algo_search, CUDNN_SEARCH)
         object.__setattr__(self, "cache_dir", folder_or_none("cache_dir", self.cache_dir))
         object.__setattr__(self, "workspace_gb", engines.check_workspace(number("workspace_gb", self.workspace_gb)))
         if self.cuda_graph and self.io_binding is False:
@@ -316,8 +317,8 @@ def session_options(threads: int | None = None, graph_optimization: str = "all",
     """SessionOptions: `threads` intra-op threads (None: onnxruntime's default), an optimisation level, and
     whether idle pool threads busy-wait (`spinning`; off frees the cores for the NumPy loop between calls)."""
     ort = _ort()
-    one_of("graph_optimization", graph_optimization, GRAPH_OPTIMIZATION)
-    threads, spinning = check_threads(threads), boolean("spinning", spinning)
+    check_choice("graph_optimization", graph_optimization, GRAPH_OPTIMIZATION)
+    threads, spinning = check_threads(threads), check_bool("spinning", spinning)
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[graph_optimization])
     if threads is not None:

@@ -19,7 +19,8 @@ import numpy as np
 
 from vdt_runtime.backends import trt_engines as engines
 from vdt_runtime._xp import namespace
-from vdt_runtime.backends.base import Backend, boolean, check_io, device_id, folder_or_none, number
+from vdt_runtime.backends.base import Backend, check_io, folder_or_none, number
+from vdt_runtime.checks import check_bool, check_int
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BackendError, InputError
 
@@ -38,8 +39,8 @@ class TrtOptions:
 
     def __post_init__(self):
         for key in ("cuda_graph", "build", "device_state"):
-            boolean(key, getattr(self, key))
-        device_id(self.device_id)
+            check_bool(key, getattr(self, key))
+        check_int("device_id", self.device_id, 0)
         buckets = self.frame_buckets
         if isinstance(buckets, str):  # the CLI's -o frame_buckets=4,8,16
             try:
