@@ -261,12 +261,14 @@ def _read_mask(path: Path) -> np.ndarray:
 
 
 def _info(args) -> int:
-    from vdt_runtime.backends import BACKENDS, available, runnable
+    from vdt_runtime.backends import BACKENDS, available, machine, plan, runnable
 
     bundle = Bundle.load(args.bundle, verify=args.verify)
     print(bundle.describe())
     if args.verify:
         print(f"sha256     all {len(bundle.manifest['files'])} files match the manifest")
+    print(f"machine    {machine()}")
+    print(f"auto       {plan(bundle).chosen.replace('auto chose', 'chooses', 1)}")
     print("backends   precisions each can run for this bundle on this machine (default first)")
     for choice in BACKENDS:
         reason = available(choice)

@@ -10,8 +10,8 @@ import numpy as np
 
 from vdt_runtime._arrays import as_array
 from vdt_runtime._xp import to_numpy
-from vdt_runtime.backends import Backend, open_backend, plan
-from vdt_runtime.bundle import STAGES, Bundle
+from vdt_runtime.backends import Backend, plan
+from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import InputError
 from vdt_runtime.limits import DEFAULT_VAE_SLICE_PIXELS, MAX_ROLLOUT_FRAMES
 from vdt_runtime.requests import ROLLOUT, Plan, Request, as_frames
@@ -106,16 +106,8 @@ class Pipeline:
         if vae_slice is not None:
             _check_int("vae_slice", vae_slice, 1, None)
         bundle = Bundle.load(path, verify=verify)
-        p = plan(bundle, backend, precision, options)
-        backends: dict[str, Backend] = {}
-        try:
-            for stage in STAGES:
-                backends[stage] = open_backend(bundle, stage, p.backend, p.precisions[stage], p.options)
-        except BaseException:
-            for b in backends.values():
-                b.close()
-            raise
-        return cls(bundle, backends, backend=p.backend, chosen=p.chosen, vae_slice=vae_slice)
+        p = plan(bundle, backend, precision, options)  # decided once; every stage opens from it
+        return cls(bundle, p.open_all(bundle), backend=p.backend, chosen=p.chosen, vae_slice=vae_slice)
 
     def close(self) -> None:
         """Release every stage's backend (idempotent); the pipeline cannot run afterwards."""

@@ -181,6 +181,23 @@ def _gif(ctx: Ctx, frames: int) -> Path:
     return write_video(ctx.tmp / "short.gif", ctx.clip[:frames])
 
 
+def _ort_options(choice: str, **options):
+    from vdt_runtime.backends.base import check_options
+    from vdt_runtime.backends.ort import OrtBackend
+
+    return check_options(choice, options, OrtBackend)
+
+
+def _engine_json_not_object(ctx: Ctx):
+    """A cached engine whose .json beside it holds a list, found by a load that may not build."""
+    from vdt_runtime.backends import trt_engines as te
+
+    bundle, device = Bundle.load(ctx.bundle), te.Device("NVIDIA H100", (9, 0), "10.13.0.35")
+    spec = te.build_spec(bundle, "denoiser", "fp32")
+    te.write_engine(ctx.tmp, spec, device, b"plan").with_suffix(".json").write_text("[1, 2]")
+    return te.ensure_engine(bundle, spec, device, ctx.tmp, build=False)
+
+
 def _without_gpu(ctx: Ctx, backend: str):
     """Load on a GPU backend where onnxruntime-gpu offers its providers and the driver reports no GPU (as here)."""
     from vdt_runtime.backends import ort as ort_backend
@@ -473,6 +490,12 @@ CASES = [
                                               "not the weights the bundle was exported from"),
          _fp16_of_other_weights),
     Case("export-out-inside-bundle", "InputError", ("nested", "lies inside bundle"), _export_inside_bundle),
+    Case("option-value-unknown", "InputError", ("graph_optimization must be one of", "disable, basic, extended, all", "'max'"),
+         lambda c: Pipeline.load(c.bundle, backend="cpu", options={"graph_optimization": "max"})),
+    Case("cuda-graph-without-binding", "InputError", ("cuda_graph needs io_binding",),
+         lambda c: _ort_options("cuda", cuda_graph=True, io_binding=False)),
+    Case("engine-json-not-object", "BackendError", ("no usable TensorRT engine", "is not a JSON object"),
+         lambda c: _engine_json_not_object(c)),
     # --- checkpoints (vdt_export) --------------------------------------------------------------------
     Case("checkpoint-other-config", "CheckpointError", ("VDT-S/2", "depth=12", "depth=2"),
          lambda c: _load_vdt(c, c.state_dict(), "VDT-S/2")),
