@@ -16,6 +16,7 @@ from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import InputError, VDTError
 from vdt_runtime.requests import PARAMS, ROLLOUT, TASKS, Request, parse_params
 from vdt_runtime.samplers import SAMPLERS
+from vdt_runtime.video import MAX_FPS, MIN_FPS
 
 CLI_TASKS = TASKS + (ROLLOUT,)
 _FLAGS = tuple(name for name in PARAMS if name not in ("task", "seed"))  # --flag per Request wire parameter
@@ -72,8 +73,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--task", required=True, choices=CLI_TASKS)
         for name in _FLAGS:
             kind, help = PARAMS[name]
-            sp.add_argument("--" + name.replace("_", "-"), dest=name, help=help, metavar=kind.upper(),
-                            **({"choices": list(SAMPLERS)} if name == "sampler" else {}))
+            shape = {"choices": list(SAMPLERS)} if name == "sampler" else {"metavar": kind.upper()}
+            sp.add_argument("--" + name.replace("_", "-"), dest=name, help=help, **shape)
         sp.add_argument("--mask", type=Path, help=".npy mask, 1 = generate, latent or pixel size (inpaint)")
 
     r = sub.add_parser("run", help="generate a video for a task")
@@ -82,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--bundle", type=Path, default=None, help="bundle folder or installed name (default: default)")
     task_args(r)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--fps", type=float, default=8)
+    r.add_argument("--fps", type=float, default=8, help=f"frames per second of --out, {MIN_FPS:g}..{MAX_FPS} (default 8)")
     r.add_argument("--timings", action="store_true", help="print per-stage seconds")
     r.add_argument("--no-progress", action="store_true")
     backend_args(r)

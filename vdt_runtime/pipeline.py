@@ -83,7 +83,8 @@ class Pipeline:
     def load(cls, path: str | os.PathLike | Bundle | None = None, *, backend: str = "auto", precision: str | None = None,
              options: Mapping[str, Any] | None = None, verify: bool = False,
              vae_slice: int | None = None) -> "Pipeline":
-        """Open a bundle (a folder, an installed name, an already loaded Bundle; default: engines/default) on `backend`: auto | cpu | cuda | ort-tensorrt | openvino.
+        """Open a bundle (a folder, an installed name or an already loaded Bundle; default: engines/default) on
+        `backend`: auto | cpu | cuda | ort-tensorrt | openvino.
 
         `precision` is a compute precision (fp32 | fp16 | bf16 | int8) that runs on every stage able to run it
         (the others keep their default); None is the backend's lossless default. "auto" picks the fastest

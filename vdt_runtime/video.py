@@ -238,20 +238,21 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
             if f.read(6) != b"\x93NUMPY":
                 f.seek(0)
                 kind = "an .npz archive (a zip)" if f.read(4) == b"PK\x03\x04" else "not a .npy array"
-                raise InputError(f"mask {name} is {kind}; give one array saved with numpy.save")
+                raise InputError(f"cannot read mask {name}: it is {kind}; give one array saved with numpy.save")
             f.seek(0)
             version = np.lib.format.read_magic(f)
             read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
             if read_header is None:
-                raise InputError(f"mask {name} is a .npy of format version {version}; this reads 1.0 and 2.0")
+                raise InputError(f"cannot read mask {name}: .npy format version {version}; this reads 1.0 and 2.0")
             shape, _, dtype = read_header(f)
             offset, size = f.tell(), os.fstat(f.fileno()).st_size
             if dtype.hasobject:
-                raise InputError(f"mask {name} holds Python objects; a mask is numbers 0/1")
+                raise InputError(f"cannot read mask {name}: it holds Python objects (never unpickled); a mask is "
+                                 "numbers 0/1")
             need = int(np.prod(shape, dtype=object)) * dtype.itemsize
             if need > _MAX_MASK_BYTES or need != size - offset:
-                raise InputError(f"mask {name}: its header claims shape {shorten(shape)} of {dtype} ({need} bytes), "
+                raise InputError(f"cannot read mask {name}: its header claims shape {shorten(shape)} of {dtype} ({need} bytes), "
                                  f"but the file holds {size - offset} bytes of data (at most {_MAX_MASK_BYTES})")
             return np.load(path, allow_pickle=False)
     except InputError:

@@ -353,7 +353,7 @@ CASES = [
     Case("mask-npy-forged-header", "InputError", ("forged.npy", "header claims shape (1000000, 1000000, 100)",
                                                   "holds 64 bytes"),
          lambda c: read_mask(_forged_npy(c))),
-    Case("mask-npz-as-npy", "InputError", ("m.npy", "is an .npz archive", "numpy.save"),
+    Case("mask-npz-as-npy", "InputError", ("m.npy", "it is an .npz archive", "numpy.save"),
          lambda c: read_mask(_npz_named_npy(c))),
     Case("mask-npz-suffix", "InputError", ("m.npz", "must be a .npy file"),
          lambda c: read_mask(c.file("m.npz", b"PK\x03\x04"))),
