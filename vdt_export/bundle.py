@@ -11,11 +11,12 @@ import onnx
 import torch
 import torch.nn as nn
 
-from vdt_runtime.bundle import _manifest
 from vdt_runtime._atomic import atomic_dir, atomic_path
+from vdt_runtime.bundle import _manifest
 from vdt_runtime.bundle import sha256_file as hash_file  # re-exported: one hashing routine for both sides
+from vdt_runtime.bundle._manifest import FORMAT, FORMAT_VERSION
 from vdt_runtime.errors import BundleError, InputError
-from vdt_runtime.samplers import check_sampling
+from vdt_runtime.settings import PREDICTION_TYPES, VARIANCE_TYPES, check_sampling
 
 from . import __version__
 from .models import VDT
@@ -23,13 +24,10 @@ from .onnx_export import OPSET, export_denoiser, export_vae_decoder, export_vae_
 from .shared_weights import share_weights
 from .vae import SD_SCALE_FACTOR, downsample_factor, latent_channels
 
-FORMAT, FORMAT_VERSION = "vdt-bundle", 1
 MANIFEST = "manifest.json"
 STAGE_FILES = {"denoiser": "denoiser.onnx", "vae_encoder": "vae_encoder.onnx", "vae_decoder": "vae_decoder.onnx"}
 FUSED_FILE = "denoiser.fused.onnx"  # the same denoiser with onnxruntime's fused Attention (fused_attention.py)
 DENOISER_DATA = "denoiser.data"  # the weights of both denoiser graphs, each tensor once (shared_weights.py)
-PREDICTION_TYPES = ("epsilon", "v")
-VARIANCE_TYPES = ("learned_range", "fixed_small")
 VAE_MAX_BATCH = 64
 
 

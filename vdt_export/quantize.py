@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -158,8 +157,3 @@ def _random_input(rng: np.random.Generator, name: str, shape: list[int], t: floa
         return rng.uniform(-1.0, 1.0, shape).astype(np.float32)
     return rng.standard_normal(shape, dtype=np.float32)
 
-
-if __name__ == "__main__":
-    from .cli import main
-
-    sys.exit(main(["quantize", *sys.argv[1:]]))

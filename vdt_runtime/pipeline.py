@@ -10,12 +10,12 @@ import numpy as np
 from vdt_runtime import rollout
 from vdt_runtime.backends import Backend, open_backend, plan
 from vdt_runtime.bundle import STAGES, Bundle
+from vdt_runtime.checks import check_int as _check_int
 from vdt_runtime.errors import InputError, VDTError
 from vdt_runtime.limits import shorten
 from vdt_runtime.requests import ROLLOUT, Request, as_frames
 from vdt_runtime.runner import Runner
-from vdt_runtime.samplers import Sampling
-from vdt_runtime.schedule import _check_int
+from vdt_runtime.settings import Sampling
 from vdt_runtime.timing import Timer
 
 Frames = "np.ndarray | str | os.PathLike | None"

@@ -18,8 +18,9 @@ from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BundleError
 from vdt_runtime.limits import DEFAULT_VAE_SLICE_PIXELS
 from vdt_runtime.requests import Plan
-from vdt_runtime.samplers import ETA_SAMPLERS, Sampling, get_sampler, per_item_normal
+from vdt_runtime.samplers import get_sampler, per_item_normal
 from vdt_runtime.schedule import Schedule, make_schedule
+from vdt_runtime.settings import ETA_SAMPLERS, Sampling
 from vdt_runtime.timing import Timer
 
 
