@@ -121,6 +121,10 @@ def broken_rules(task: str, kw: dict, supplied: int) -> dict[str, str]:
     elif task == "complete":
         if not all(0 <= i < total for i in kw["given"]):
             broken["given indices are 0..total-1"] = "given"
+        elif not kw["given"]:
+            broken["given names at least one position"] = "given is empty"
+        elif len(set(kw["given"])) < len(kw["given"]):
+            broken["each given position once (one frame each)"] = "more than once"
         else:
             given = set(kw["given"])
     elif task == "inpaint":
