@@ -198,11 +198,13 @@ class Pipeline:
         return self._task("predict", frames, cond=cond, total=total, **kw)
 
     def backward(self, frames: Frames, *, cond: int | None = None, total: int | None = None, **kw) -> Result:
-        """Generate what came before: the first `cond` supplied frames become the LAST cond output frames."""
+        """Generate what came before: `cond` supplied frames become the LAST cond output frames (or, from a clip of
+        `total` frames, its own last cond frames are kept)."""
         return self._task("backward", frames, cond=cond, total=total, **kw)
 
     def interpolate(self, frames: Frames, *, stride: int = 2, total: int | None = None, **kw) -> Result:
-        """Keyframes go to frames 0, s, 2s, … < total (default total: (keyframes − 1)·s + 1); the rest is generated."""
+        """Keyframes go to frames 0, s, 2s, … < total (default total: (keyframes − 1)·s + 1); the rest is generated.
+        A longer clip (e.g. full length) keeps its own frames 0, s, 2s, … (see Request)."""
         return self._task("interpolate", frames, stride=stride, total=total, **kw)
 
     def image_to_video(self, image: Frames, *, total: int | None = None, **kw) -> Result:
@@ -214,7 +216,8 @@ class Pipeline:
         return self._task("unconditional", None, total=total, **kw)
 
     def complete(self, frames: Frames, *, given, total: int | None = None, **kw) -> Result:
-        """Frames supplied one per entry of `given`, in that order, are placed at those indices; the rest is generated."""
+        """Frames supplied one per entry of `given`, in that order, are placed at those indices (or a longer clip keeps
+        its own frames there); the rest is generated. A position named twice, or none, is refused."""
         return self._task("complete", frames, given=given, total=total, **kw)
 
     def inpaint(self, frames: Frames, *, box=None, box_frames=None, mask=None, **kw) -> Result:
