@@ -131,7 +131,8 @@ def broken_rules(task: str, kw: dict, supplied: int) -> dict[str, str]:
         y0, x0, y1, x1 = kw["box"]
         if not (0 <= y0 < y1 <= PIXEL and 0 <= x0 < x1 <= PIXEL):
             broken["box is non-empty, inside the image"] = "box"
-        elif (y0, x0, y1, x1) != (0, 0, PIXEL, PIXEL):  # a box short of the whole image leaves cells given
+        elif (y0 // FACTOR, x0 // FACTOR, -(-y1 // FACTOR), -(-x1 // FACTOR)) != (0, 0, LATENT, LATENT):
+            # a box that does not touch every latent cell leaves cells given (a box of 15 px still touches all 8)
             given = set(range(total))
     if task != "inpaint" and len(given) == total:  # per-frame tasks give whole frames; a box always generates
         broken["something to generate"] = "nothing to generate"
