@@ -85,10 +85,18 @@ def _check_binary(mask) -> np.ndarray:
 
 
 def frame_indices(name: str, indices, total: int) -> tuple[int, ...]:
-    """Frame indices, each an integer in 0..total−1."""
+    """Frame positions: at least one, each an integer in 0..total−1, none twice (two frames for one position
+    would silently lose one; a position named twice means nothing more than once)."""
     if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
         raise InputError(f"{name} must be a sequence of frame indices in 0..{total - 1}, got {shorten(indices)}")
-    return tuple(check_int(f"{name} index", i, 0, total - 1) for i in indices)
+    out = tuple(check_int(f"{name} index", i, 0, total - 1) for i in indices)
+    if not out:
+        raise InputError(f"{name} is empty; name at least one frame position in 0..{total - 1}")
+    seen: set[int] = set()
+    twice = sorted({i for i in out if i in seen or seen.add(i)})
+    if twice:
+        raise InputError(f"{name} names frame position(s) {twice} more than once; each position at most once")
+    return out
 
 
 def check_hw(name: str, hw) -> tuple[int, int]:

@@ -19,6 +19,7 @@ import pytest
 from vdt_runtime import Pipeline, write_video
 from vdt_runtime.bundle import Bundle, sha256_file
 from vdt_runtime.errors import BackendError, BundleError, InputError
+from vdt_runtime.video import read_mask
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 
@@ -301,6 +302,42 @@ def _malformed(c: Ctx) -> Path:
     return path
 
 
+def _request(c, **kw):
+    from vdt_runtime import Request
+
+    return Request(**{"task": "predict", "frames": c.clip[:2], "steps": 1, **kw})
+
+
+def _generate_params(c, **params):
+    from vdt_runtime import Request
+
+    return c.pipe.generate([Request.from_params({"steps": 1, **params}, frames=c.clip[:4])])
+
+
+def _forged_npy(c) -> Path:
+    """A .npy whose header claims 8e14 bytes of float64, followed by 64 bytes (np.load: MemoryError)."""
+    import io
+
+    header = np.lib.format.header_data_from_array_1_0(np.ones((4, 8, 8)))
+    header["shape"] = (10**6, 10**6, 100)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    return c.file("forged.npy", buf.getvalue() + b"\0" * 64)
+
+
+def _npz_named_npy(c) -> Path:
+    np.savez(c.tmp / "m.npz", mask=np.ones((4, 8, 8)))
+    return Path(shutil.copyfile(c.tmp / "m.npz", c.tmp / "m.npy"))
+
+
+def _cropping_decoder(c):
+    """A pipeline whose decoder answers a pixel short of the manifest's size (as a mis-exported graph would)."""
+    pipe = Pipeline.load(c.bundle, backend="cpu", options={"threads": 1})
+    run = pipe._dec.run
+    pipe._dec.run = lambda feed: {k: v[..., :-1, :-1] for k, v in run(feed).items()}
+    return pipe
+
+
 CASES = [
     # --- frames --------------------------------------------------------------------------------------
     Case("frames-no-time-axis", "InputError", ("[T, H, W, 3]", "(16, 16, 3)"),
@@ -351,7 +388,30 @@ CASES = [
          lambda c: c.pipe.complete(c.clip[:1], given=[9], total=4, steps=1)),
     Case("box-outside-image", "InputError", ("(0, 0, 99, 99)", "y1 <= 16"),
          lambda c: c.pipe.inpaint(c.clip[:2], box=(0, 0, 99, 99), steps=1)),
+    Case("positions-duplicate", "InputError", ("given names frame position(s) [2] more than once",),
+         lambda c: c.pipe.complete(c.clip[:2], given=[2, 2], total=4, steps=1)),
+    Case("positions-empty", "InputError", ("given is empty", "at least one frame position"),
+         lambda c: c.pipe.complete(c.clip[:2], given=[], total=4, steps=1)),
+    Case("rollout-over-in-memory-cap", "InputError", ("total=1025", "maximum 1024 returned in memory",
+                                                      "rollout_stream"),
+         lambda c: c.pipe.rollout(c.clip, total=1025, cond=2, steps=1)),
+    Case("box-negative-parameter", "InputError", ("box coordinate", "got -1"),
+         lambda c: _generate_params(c, task="inpaint", box="-1,0,8,8")),
+    Case("parameter-not-an-integer", "InputError", ("parameter 'total'", "integer", "'4.5'"),
+         lambda c: _generate_params(c, task="predict", total="4.5")),
+    # --- requests ------------------------------------------------------------------------------------
+    Case("generate-none", "InputError", ("generate takes a list of Requests", "got None"),
+         lambda c: c.pipe.generate(None)),
+    Case("requests-index", "InputError", ("requests[1]: ", "total=9", "max_frames=8"),
+         lambda c: c.pipe.generate([_request(c, total=4), _request(c, total=9)])),
     # --- masks ---------------------------------------------------------------------------------------
+    Case("mask-npy-forged-header", "InputError", ("forged.npy", "header claims shape (1000000, 1000000, 100)",
+                                                  "holds 64 bytes"),
+         lambda c: read_mask(_forged_npy(c))),
+    Case("mask-npz-as-npy", "InputError", ("m.npy", "it is an .npz archive", "numpy.save"),
+         lambda c: read_mask(_npz_named_npy(c))),
+    Case("mask-npz-suffix", "InputError", ("m.npz", "must be a .npy file"),
+         lambda c: read_mask(c.file("m.npz", b"PK\x03\x04"))),
     Case("mask-wrong-spatial-size", "InputError", ("(5, 5)", "latent (8, 8)", "image (16, 16)"),
          lambda c: c.run_mask(np.ones((4, 5, 5)))),
     Case("mask-wrong-frame-count", "InputError", ("T = total = 4", "(3, 8, 8)"),
@@ -413,8 +473,13 @@ CASES = [
          lambda c: write_video(c.tmp / "in.gif", c.clip, protect={"input": c.tmp / "in.gif"})),
     Case("output-inside-bundle", "InputError", ("lies inside the bundle",),
          lambda c: write_video(c.bundle / "out.mp4", c.clip, protect={"bundle": c.bundle})),
-    Case("output-fps-zero", "InputError", ("fps", "(0, 1000]", "got 0"),
+    Case("output-fps-zero", "InputError", ("fps", "[0.01, 1000]", "got 0"),
          lambda c: write_video(c.tmp / "out.gif", c.clip, fps=0)),
+    Case("output-fps-tiny", "InputError", ("fps", "[0.01, 1000]", "100 s a frame", "got 0.001"),
+         lambda c: write_video(c.tmp / "out.gif", c.clip, fps=0.001)),
+    Case("decoder-output-size", "BundleError", ("stage vae_decoder returned shape (2, 3, 15, 15)",
+                                                "manifest declares (2, 3, 16, 16)"),
+         lambda c: _cropping_decoder(c).predict(c.clip[:2], total=4, steps=1)),
     Case("output-unknown-extension", "InputError", ("'.avi'", ".mp4, .webm, .gif"),
          lambda c: write_video(c.tmp / "out.avi", c.clip)),
     Case("output-frames-not-uint8", "InputError", ("uint8 [T, H, W, 3]", "float64"),
