@@ -188,11 +188,13 @@ def recommended_sampling(sampling: Mapping, diffusion: Mapping) -> dict:
 def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name: str, image_size: int,
                   scale_factor: float = SD_SCALE_FACTOR, diffusion: Mapping | None = None,
                   max_frames: int | None = None, max_batch: int = 16, training: Mapping | None = None,
-                  sampling: Mapping | None = None, fused: bool = True, verbose: bool = False) -> Path:
+                  sampling: Mapping | None = None, fused: bool = True, golden: bool = True,
+                  verbose: bool = False) -> Path:
     """Export denoiser + VAE encoder/decoder + manifest.json into `out_dir`; an existing bundle there is replaced
     only once the new one is complete. `fused` adds the onnxruntime-fused denoiser graph beside the portable one
     (stages.denoiser.fused); the denoiser graphs keep their weights in one shared file, DENOISER_DATA.
-    `sampling` ({"sampler", "steps", "eta"?, "note"?}) is the bundle's recommended sampler. Returns `out_dir`."""
+    `sampling` ({"sampler", "steps", "eta"?, "note"?}) is the bundle's recommended sampler. `golden` adds the
+    golden cases and their measured tolerances (vdt_export.golden; what `vdt selftest` replays). Returns `out_dir`."""
     out_dir = Path(out_dir)
     f = downsample_factor(vae)
     if image_size != vdt.config.input_size * f:
@@ -223,4 +225,8 @@ def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name:
         export_vae_decoder(vae, staging / STAGE_FILES["vae_decoder"], image_size=image_size,
                            scale_factor=scale_factor, verbose=verbose)
         write_manifest(staging, manifest)
+        if golden:
+            from .golden import add_golden
+
+            add_golden(staging, vdt, vae)
     return out_dir

@@ -25,6 +25,7 @@ import onnx
 from vdt_runtime.errors import BundleError, InputError
 
 from .bundle import MANIFEST, read_manifest, write_manifest
+from .golden import refresh_tolerances
 
 INT8_FILE = "denoiser.int8.onnx"
 MODES = ("dynamic", "static")
@@ -61,6 +62,7 @@ def quantize_bundle(bundle_dir: str | os.PathLike, *, mode: str = "dynamic", cal
                                                       "activations": "uint8 (per call)" if mode == "dynamic"
                                                       else "uint8 (calibrated on random latents)"}
     write_manifest(bundle_dir, manifest)
+    refresh_tolerances(bundle_dir)  # golden cases (if any) get tolerances for the new precision
     return target
 
 
