@@ -89,22 +89,25 @@ def make_cases(bundle: Bundle, vdt: VDT, vae: nn.Module, seed: int = 0) -> tuple
 
 
 def measure(bundle: Bundle, golden: Golden) -> list[dict]:
-    """Errors of every CPU backend, option set and precision that runs here, one row per (run, check)."""
+    """Errors of every CPU backend, graph and precision that runs here: one row per distinct (backend, graph,
+    precision, check), naming the providers that ran it."""
     from vdt_runtime.backends import available, runnable
     from vdt_runtime.pipeline import Pipeline
 
-    rows = []
+    rows: dict[tuple, dict] = {}
     for backend, options in MEASURE:
         if available(backend) is not None:
             continue
         for precision in dict.fromkeys(p for ps in runnable(bundle, backend).values() for p in ps):
             with Pipeline.load(bundle.path, backend=backend, precision=precision, options=options) as pipe:
                 report = run_selftest(pipe.bundle, pipe.backends, golden=golden)
-            label = f"{backend}{' (fused)' if options.get('fused') else ''}"
-            rows += [{"backend": label, "precision": c.precision, "check": c.stage, "max_abs": c.max_abs,
-                      "mean_abs": c.mean_abs, "providers": ", ".join(pipe.providers.get(
-                          "denoiser" if c.stage == E2E else c.stage, ()))} for c in report.checks]
-    return rows
+                for c in report.checks:
+                    ran = pipe.backends["denoiser" if c.stage == E2E else c.stage]
+                    key = (backend, ran.graph, c.precision, c.stage)
+                    rows.setdefault(key, {"backend": backend, "graph": ran.graph, "precision": c.precision,
+                                          "check": c.stage, "max_abs": c.max_abs, "mean_abs": c.mean_abs,
+                                          "providers": ", ".join(ran.providers)})
+    return list(rows.values())
 
 
 def tolerances(rows: list[dict], bundle: Bundle, arrays: dict[str, np.ndarray]) -> dict:

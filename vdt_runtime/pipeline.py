@@ -91,7 +91,7 @@ class Pipeline:
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, backend: str = "auto", precision: str | None = None,
              options: Mapping[str, Any] | None = None, verify: bool = False,
-             vae_slice: int | None = None) -> "Pipeline":
+             vae_slice: int | None = None, selftest: bool = False) -> "Pipeline":
         """Open a bundle (default: engines/default) on `backend`: auto | cpu | cuda | ort-tensorrt | openvino.
 
         `precision` is a compute precision (fp32 | fp16 | bf16 | int8) that runs on every stage able to run it
@@ -100,6 +100,8 @@ class Pipeline:
         backend's settings (onnxruntime: threads, graph_optimization, spinning, fused; see README); an unknown
         key is refused. `pipe.describe()` says what really runs. Close with `pipe.close()` or a `with` block.
         `vae_slice`: frames per VAE call (default: see Pipeline.vae_slice), the memory knob of the VAE stages.
+        `selftest`: replay the bundle's golden cases on what was opened (vdt_runtime.selftest); SelfTestError, naming
+        the stage, its error and tolerance, when one fails or the bundle has none (never a silent fallback).
         """
         if vae_slice is not None:
             _check_int("vae_slice", vae_slice, 1, None)
@@ -109,6 +111,10 @@ class Pipeline:
         try:
             for stage in STAGES:
                 backends[stage] = open_backend(bundle, stage, p.backend, p.precisions[stage], p.options)
+            if selftest:
+                from vdt_runtime.selftest import run_selftest
+
+                run_selftest(bundle, backends).raise_if_failed()
         except BaseException:
             for b in backends.values():
                 b.close()
