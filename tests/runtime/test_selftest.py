@@ -195,6 +195,9 @@ def test_cli_selftest_prints_the_table_and_fails_with_one_line(tiny_bundle, tmp_
     err = capsys.readouterr().err
     assert err.startswith("error: self-test of bundle 'tiny' failed: denoiser (fp32): max abs error")
     assert "(tolerance 1e-12)" in err
+    # vdt serve --selftest refuses to start on it (before any server is imported or started)
+    assert main(["serve", str(b), "--selftest", "--backend", "cpu"]) == 2
+    assert "error: self-test of bundle 'tiny' failed: denoiser (fp32)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("edit, match", [
