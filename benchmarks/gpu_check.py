@@ -91,11 +91,11 @@ def env(_):
 
 def make_bundle(tmp: Path) -> Path:
     """A random VDT-S/2 (16 frames, 32×32×4 latents, seed 0) + tiny VAE bundle with its fp16 stages."""
-    from vdt_export.checkpoint import randomize_
+    from vdt_export.sources import randomize_
     from vdt_export.bundle import export_bundle
     from vdt_export.fp16 import add_fp16
     from vdt_export.models import VDT, config_from_name
-    from vdt_export.vae import build_vae, tiny_vae_config
+    from vdt_export.sources import build_vae, tiny_vae_config
 
     vdt = randomize_(VDT(config_from_name("VDT-S/2")), 0).eval()
     vae = randomize_(build_vae(tiny_vae_config()), 1).eval()
@@ -172,7 +172,7 @@ def torch_reference(_):
 
     if not torch.cuda.is_available():
         raise Skip(f"torch {torch.__version__} has no CUDA device")
-    from vdt_export.checkpoint import randomize_
+    from vdt_export.sources import randomize_
     from vdt_export.fp16 import half_vdt
     from vdt_export.models import VDT, config_from_name
 

@@ -11,11 +11,12 @@ import onnx
 import torch
 import torch.nn as nn
 
-from vdt_runtime.bundle import _manifest
 from vdt_runtime._atomic import atomic_dir, atomic_path
+from vdt_runtime.bundle import _manifest
 from vdt_runtime.bundle import sha256_file as hash_file  # re-exported: one hashing routine for both sides
+from vdt_runtime.bundle._manifest import FORMAT, FORMAT_VERSION
 from vdt_runtime.errors import BundleError, InputError
-from vdt_runtime.samplers import check_sampling
+from vdt_runtime.settings import PREDICTION_TYPES, VARIANCE_TYPES, check_sampling
 
 from . import __version__
 from .models import VDT
@@ -23,13 +24,10 @@ from .onnx_export import OPSET, export_denoiser, export_vae_decoder, export_vae_
 from .shared_weights import share_weights
 from .vae import SD_SCALE_FACTOR, downsample_factor, latent_channels
 
-FORMAT, FORMAT_VERSION = "vdt-bundle", 1
 MANIFEST = "manifest.json"
 STAGE_FILES = {"denoiser": "denoiser.onnx", "vae_encoder": "vae_encoder.onnx", "vae_decoder": "vae_decoder.onnx"}
 FUSED_FILE = "denoiser.fused.onnx"  # the same denoiser with onnxruntime's fused Attention (fused_attention.py)
 DENOISER_DATA = "denoiser.data"  # the weights of both denoiser graphs, each tensor once (shared_weights.py)
-PREDICTION_TYPES = ("epsilon", "v")
-VARIANCE_TYPES = ("learned_range", "fixed_small")
 VAE_MAX_BATCH = 64
 
 
@@ -76,6 +74,8 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> Path:
     then write manifest.json atomically. Reuse it after adding a file (e.g. an "int8" denoiser)."""
     bundle_dir = Path(bundle_dir)
     names = set(manifest.get("files", {}))
+    if "golden" in manifest:
+        names.add(manifest["golden"]["file"])
     for stage in manifest["stages"].values():
         for name in (*stage["files"].values(), *stage.get("fused", {}).values()):
             names.add(name)
@@ -90,6 +90,23 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> Path:
     with atomic_path(bundle_dir / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return bundle_dir / MANIFEST
+
+
+def set_golden(bundle_dir: str | os.PathLike, manifest: dict, section: dict | None) -> None:
+    """Record a "golden" section (vdt_export.golden: golden.npz and its tolerances) in the bundle's manifest and
+    rewrite it (golden.npz listed and hashed); None leaves a bundle without golden cases as it is."""
+    if section is not None:
+        manifest["golden"] = section
+        write_manifest(bundle_dir, manifest)
+
+
+def refresh_golden(bundle_dir: str | os.PathLike, manifest: dict) -> None:
+    """After a stage file was added (quantize, fp16): re-measure the tolerances of the bundle's golden cases, if
+    it has any, so the new precision has its own."""
+    if "golden" in manifest:
+        from .golden import remeasure
+
+        set_golden(bundle_dir, manifest, remeasure(bundle_dir))
 
 
 def diffusion_config(learn_sigma: bool, diffusion: Mapping | None = None) -> dict:
@@ -226,7 +243,8 @@ def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name:
                            scale_factor=scale_factor, verbose=verbose)
         write_manifest(staging, manifest)
         if golden:
-            from .golden import add_golden
+            from .golden import make_golden
 
-            add_golden(staging, vdt, vae)
+            manifest["golden"] = make_golden(staging, vdt, vae)
+            write_manifest(staging, manifest)
     return out_dir

@@ -29,8 +29,7 @@ import torch.nn as nn
 
 from vdt_runtime.errors import InputError
 
-from .bundle import _with_max_frames, read_manifest, write_manifest
-from .golden import refresh_tolerances
+from .bundle import _with_max_frames, read_manifest, refresh_golden, write_manifest
 from .models import VDT, Attention
 from .onnx_export import export_denoiser, export_vae_decoder, export_vae_encoder
 
@@ -135,5 +134,5 @@ def add_fp16(bundle_dir: str | os.PathLike, vdt: VDT, vae: nn.Module | None = No
             manifest["stages"][stage]["files"][PRECISION] = path.name
             written.append(target)
     write_manifest(bundle_dir, manifest)
-    refresh_tolerances(bundle_dir)  # golden cases (if any) get tolerances for the new precision
+    refresh_golden(bundle_dir, manifest)  # golden cases (if any) get tolerances for the new precision
     return written

@@ -21,7 +21,6 @@ from vdt_runtime.bundle import STAGES, Bundle
 from vdt_runtime.errors import InputError
 from vdt_runtime.selftest import E2E, Golden, end_to_end, run_selftest
 
-from .bundle import write_manifest
 from .models import VDT
 from .vae import VAEDecoder, VAEEncoder
 
@@ -155,44 +154,39 @@ def _machine() -> str:
     return name or platform.processor() or platform.machine()
 
 
-def add_golden(bundle_dir: str | os.PathLike, vdt: VDT, vae: nn.Module | None, *, seed: int = 0) -> dict:
+def make_golden(bundle_dir: str | os.PathLike, vdt: VDT, vae: nn.Module | None, *, seed: int = 0) -> dict:
     """Verify the bundle's files, make its golden cases from `vdt` + `vae` (refused unless they reproduce the
-    bundle's fp32 ONNX), measure every CPU backend and precision here, and write golden.npz and the manifest's
-    "golden" section (each atomically: the npz first, the manifest that lists it last). Returns the section."""
+    bundle's fp32 ONNX), write golden.npz (atomically) and measure every CPU backend and precision here. Returns
+    the manifest's "golden" section; the caller records it (vdt_export.bundle writes the manifest)."""
     if vae is None:
         raise InputError("golden cases need the VAE too: give a checkpoint folder, or --vae / --vae-config")
     bundle = Bundle.load(bundle_dir, verify=True)
     arrays, section = make_cases(bundle, vdt, vae, seed)
     check_reproduces(bundle, Golden(arrays, {**section, "tolerances": {}}))
-    path = bundle.path / GOLDEN_FILE
-    with atomic_path(path) as tmp:
+    with atomic_path(bundle.path / GOLDEN_FILE) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-    return _write_tolerances(bundle, Golden(arrays, section))
+    return _measured(bundle, Golden(arrays, section))
 
 
-def refresh_tolerances(bundle_dir: str | os.PathLike) -> dict | None:
-    """Re-measure the tolerances of a bundle's golden cases (after `vdt-export quantize` or `fp16` added a
-    precision); None when the bundle has none."""
+def remeasure(bundle_dir: str | os.PathLike) -> dict | None:
+    """The "golden" section of a bundle with its tolerances measured again (after `vdt-export quantize` or `fp16`
+    added a precision); None when the bundle has no golden cases."""
     from vdt_runtime.selftest import load_golden
 
     bundle = Bundle.load(bundle_dir)
     golden = load_golden(bundle)
-    return None if golden is None else _write_tolerances(bundle, golden)
+    return None if golden is None else _measured(bundle, golden)
 
 
-def _write_tolerances(bundle: Bundle, golden: Golden) -> dict:
-    """Measure `golden` on every CPU backend and precision here; write the manifest's "golden" section."""
+def _measured(bundle: Bundle, golden: Golden) -> dict:
+    """The section of `golden` with tolerances from measuring it on every CPU backend and precision here."""
     section = {k: golden.section[k] for k in ("file", "cases", "end_to_end")}
     rows = measure(bundle, Golden(golden.arrays, {**section, "tolerances": {}}))
     section["tolerances"] = tolerances(rows, bundle, golden.arrays)
     section["measured"] = {"machine": _machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                            "margin": MARGIN, "floor": FLOOR, "runs": rows}
-    manifest = {**bundle.manifest, "golden": section}
-    manifest["files"] = {**manifest["files"], GOLDEN_FILE: {}}  # (re)hashed by write_manifest
-    write_manifest(bundle.path, manifest)
-    Bundle.load(bundle.path, verify=True)  # what was written loads, and its files match
     return section
 
 
-__all__ = ["GOLDEN_FILE", "add_golden", "make_cases", "measure", "refresh_tolerances", "tolerances"]
+__all__ = ["GOLDEN_FILE", "make_golden", "make_cases", "measure", "remeasure", "tolerances"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,8 +23,7 @@ import onnx
 
 from vdt_runtime.errors import BundleError, InputError
 
-from .bundle import MANIFEST, read_manifest, write_manifest
-from .golden import refresh_tolerances
+from .bundle import MANIFEST, read_manifest, refresh_golden, write_manifest
 
 INT8_FILE = "denoiser.int8.onnx"
 MODES = ("dynamic", "static")
@@ -62,7 +60,7 @@ def quantize_bundle(bundle_dir: str | os.PathLike, *, mode: str = "dynamic", cal
                                                       "activations": "uint8 (per call)" if mode == "dynamic"
                                                       else "uint8 (calibrated on random latents)"}
     write_manifest(bundle_dir, manifest)
-    refresh_tolerances(bundle_dir)  # golden cases (if any) get tolerances for the new precision
+    refresh_golden(bundle_dir, manifest)  # golden cases (if any) get tolerances for the new precision
     return target
 
 
@@ -160,8 +158,3 @@ def _random_input(rng: np.random.Generator, name: str, shape: list[int], t: floa
         return rng.uniform(-1.0, 1.0, shape).astype(np.float32)
     return rng.standard_normal(shape, dtype=np.float32)
 
-
-if __name__ == "__main__":
-    from .cli import main
-
-    sys.exit(main(["quantize", *sys.argv[1:]]))

@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from vdt_runtime.backends import CHOICES, PRECISIONS
+from vdt_runtime.backends import CHOICES
 from vdt_runtime.bundle import Bundle
-from vdt_runtime.errors import InputError, VDTError
+from vdt_runtime.checks import check_int
+from vdt_runtime.cli_support import one_line, run_guarded
+from vdt_runtime.errors import InputError
 from vdt_runtime.limits import MAX_DECODED_PIXELS, shorten
 from vdt_runtime.requests import ROLLOUT, TASKS, Request
-from vdt_runtime.samplers import SAMPLERS
+from vdt_runtime.settings import PRECISIONS, SAMPLERS
 
 CLI_TASKS = TASKS + (ROLLOUT,)
 _TASK_ARGS = ("cond", "total", "stride", "given", "box", "box_frames", "window")  # flag -> Request field
@@ -56,7 +56,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors whose echoed values are cut (the usage text stays in --help)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {_one_line(message, 300)}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message, 300)}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -159,35 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": _run, "info": _info, "bench": _bench, "serve": _serve, "batch": _batch,
                 "selftest": _selftest}
     return run_guarded(lambda: commands[args.command](args))
-
-
-def run_guarded(command, expected: tuple[type[BaseException], ...] = (VDTError,)) -> int:
-    """Run a CLI command under the CLIs' error contract (`vdt` and `vdt-export`): an `expected` (typed) error
-    prints one `error: ...` line and returns 2; Ctrl-C returns 130; anything else is a bug, printed as one
-    `error: internal error ...` line with status 1, or re-raised with its traceback when VDT_TRACEBACK=1.
-    Warnings print as one `warning: ...` line each."""
-    with warnings.catch_warnings():
-        warnings.showwarning = lambda msg, cat, *a, **k: print(f"warning: {_one_line(msg)}", file=sys.stderr)
-        try:
-            return command()
-        except expected as e:
-            print(f"error: {_one_line(e)}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            return 130
-        except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
-            if os.environ.get("VDT_TRACEBACK") == "1":
-                raise
-            print(f"error: internal error ({type(e).__name__}): {_one_line(e)} -- please report this with the "
-                  "command that caused it (VDT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-            return 1
-
-
-def _one_line(message, limit: int = 1000) -> str:
-    """A message on one line, at most `limit` characters."""
-    text = " ".join(str(message).split())
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _load(args, *, verify: bool = False, selftest: bool = False):
@@ -339,9 +310,8 @@ def _precision_summary(can: dict[str, tuple[str, ...]]) -> str:
 
 
 def _bench(args) -> int:
-    from vdt_runtime.schedule import _check_int
 
-    repeat = _check_int("--repeat", args.repeat, 1, None)
+    repeat = check_int("--repeat", args.repeat, 1, None)
     pipe = _load(args)
     bundle = pipe.bundle
     frames_total = bundle.num_frames

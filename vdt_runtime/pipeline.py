@@ -15,8 +15,10 @@ from vdt_runtime.bundle import STAGES, Bundle
 from vdt_runtime.errors import InputError
 from vdt_runtime.limits import DEFAULT_VAE_SLICE_PIXELS, MAX_ROLLOUT_FRAMES
 from vdt_runtime.requests import ROLLOUT, Plan, Request, as_frames
-from vdt_runtime.samplers import ETA_SAMPLERS, Sampling, get_sampler, per_item_normal
-from vdt_runtime.schedule import Schedule, _check_int, make_schedule
+from vdt_runtime.checks import check_int as _check_int
+from vdt_runtime.samplers import get_sampler, per_item_normal
+from vdt_runtime.schedule import Schedule, make_schedule
+from vdt_runtime.settings import ETA_SAMPLERS, Sampling
 from vdt_runtime.timing import Timer
 
 Frames = "np.ndarray | str | os.PathLike | None"

@@ -19,9 +19,8 @@ from vdt_runtime._arrays import as_array
 from vdt_runtime.errors import InputError
 from vdt_runtime.limits import MAX_STREAMED_FRAMES, shorten
 from vdt_runtime.masks import box_mask, check_not_all_given, check_hw, frame_indices, user_mask
-from vdt_runtime.samplers import DEFAULT_SAMPLING, ETA_SAMPLERS, SAMPLERS, Sampling, check_sampling
-from vdt_runtime.samplers._common import check_eta
-from vdt_runtime.schedule import _check_int
+from vdt_runtime.checks import check_int as _check_int
+from vdt_runtime.settings import DEFAULT_SAMPLING, ETA_SAMPLERS, SAMPLERS, Sampling, check_eta, check_sampling
 
 
 @dataclass(frozen=True)

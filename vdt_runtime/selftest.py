@@ -18,8 +18,9 @@ from vdt_runtime.bundle import STAGES, Bundle
 from vdt_runtime.bundle._manifest import GOLDEN_CHECKS
 from vdt_runtime.errors import BundleError, SelfTestError
 from vdt_runtime.limits import shorten
-from vdt_runtime.samplers import ETA_SAMPLERS, get_sampler, per_item_normal
+from vdt_runtime.samplers import get_sampler, per_item_normal
 from vdt_runtime.schedule import make_schedule
+from vdt_runtime.settings import ETA_SAMPLERS
 
 __all__ = ["GOLDEN_CHECKS", "Check", "Golden", "Report", "end_to_end", "load_golden", "run_selftest"]
 MAX_GOLDEN_BYTES = 64 << 20  # a golden.npz is tens of kB; refuse anything near this before reading it

@@ -107,7 +107,7 @@ def test_denoiser_runs_at_every_declared_shape(fp16_bundle):
 
 
 def test_wrong_model_refused(fp16_bundle, tmp_path):
-    from vdt_export.checkpoint import randomize_
+    from vdt_export.sources import randomize_
     from vdt_export.fp16 import add_fp16
     from vdt_export.models import VDT, config_from_name
     from vdt_runtime.errors import InputError

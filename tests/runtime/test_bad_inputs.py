@@ -400,7 +400,7 @@ CASES = [
     Case("bundle-batch-max-string", "BundleError", ("max must be an integer", "1..65536", "'16'"),
          lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["stages"]["denoiser"]["dynamic_axes"]["batch"].update(
              max="16")))),
-    Case("bundle-batch-max-negative", "BundleError", ("max must be an integer", "got -1"),
+    Case("bundle-batch-max-negative", "BundleError", ("max must be in 1..65536", "got -1"),
          lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["stages"]["vae_decoder"]["dynamic_axes"]["batch"].update(
              max=-1)))),
     Case("bundle-timesteps-string", "BundleError", ("diffusion.num_timesteps", "integer in 2..100000", "'1000'"),

@@ -107,7 +107,7 @@ def test_options_validated(bundle, tmp_path):
     for threads in (0, 100_000):  # the same cap as onnxruntime's (limits.MAX_THREADS)
         with pytest.raises(InputError, match=r"threads must be an integer in 1\.\.256"):
             open_backend(bundle, "vae_decoder", "openvino", options={"threads": threads})
-    with pytest.raises(InputError, match="num_streams must be a positive integer"):
+    with pytest.raises(InputError, match="num_streams must be an integer >= 1 or None"):
         open_backend(bundle, "vae_decoder", "openvino", options={"num_streams": "2"})
     with pytest.raises(InputError, match="inside the bundle"):
         open_backend(bundle, "vae_decoder", "openvino", options={"cache_dir": bundle.path / "cache"})

@@ -13,8 +13,8 @@ from typing import Any, Mapping
 from vdt_runtime.backends.base import Backend, check_options, nvidia_gpus
 from vdt_runtime.bundle import STAGES, Bundle
 from vdt_runtime.errors import BackendError, InputError
+from vdt_runtime.settings import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # compute precisions
 # backend choice -> module implementing it
 BACKENDS = {
     "cpu": "vdt_runtime.backends.ort",

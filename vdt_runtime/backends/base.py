@@ -73,20 +73,6 @@ def check_options(backend: str, options: Mapping[str, Any] | None, allowed: Mapp
     return {**allowed, **options}
 
 
-def positive_int_or_none(name: str, value: Any) -> int | None:
-    """`value` if it is None or an integer >= 1, else InputError."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise InputError(f"{name} must be a positive integer or None, got {shorten(value)}")
-    return value
-
-
-def boolean(name: str, value: Any) -> bool:
-    """`value` if it is True or False, else InputError."""
-    if not isinstance(value, bool):
-        raise InputError(f"{name} must be True or False, got {shorten(value)}")
-    return value
-
-
 @functools.lru_cache(maxsize=1)
 def nvidia_gpus() -> int:
     """How many CUDA devices the NVIDIA driver reports (0 without a driver); no CUDA toolkit needed."""

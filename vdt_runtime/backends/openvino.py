@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vdt_runtime.backends.base import Backend, check_io, positive_int_or_none
+from vdt_runtime.backends.base import Backend, check_io
+from vdt_runtime.checks import check_int_or_none
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BackendError, InputError
 from vdt_runtime.limits import check_threads
@@ -166,7 +167,7 @@ def _config(bundle: Bundle, options: dict) -> tuple[str, dict]:
     threads = check_threads(options["threads"])
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
-    streams = positive_int_or_none("num_streams", options["num_streams"])
+    streams = check_int_or_none("num_streams", options["num_streams"])
     if streams is not None:
         config["NUM_STREAMS"] = streams
     if options["cache_dir"] is not None:

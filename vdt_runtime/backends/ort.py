@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 import onnxruntime as ort
 
-from vdt_runtime.backends.base import Backend, boolean, check_io, nvidia_gpus
+from vdt_runtime.backends.base import Backend, check_io, nvidia_gpus
+from vdt_runtime.checks import check_bool
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BackendError, InputError
 from vdt_runtime.limits import check_threads
@@ -84,7 +85,7 @@ def session_options(threads: int | None = None, graph_optimization: str = "all",
         raise InputError(
             f"unknown graph_optimization {graph_optimization!r}; choose one of {', '.join(GRAPH_OPTIMIZATION)}"
         )
-    threads, spinning = check_threads(threads), boolean("spinning", spinning)
+    threads, spinning = check_threads(threads), check_bool("spinning", spinning)
     so = ort.SessionOptions()
     so.graph_optimization_level = GRAPH_OPTIMIZATION[graph_optimization]
     if threads is not None:
@@ -104,7 +105,7 @@ class OrtBackend(Backend):
         self.stage, self.precision = stage, precision
         self.inputs, self.outputs = spec.inputs, spec.outputs
         self.requested = provider_list(backend)
-        fused = boolean("fused", options["fused"])
+        fused = check_bool("fused", options["fused"])
         threads, graph_optimization, spinning = options["threads"], options["graph_optimization"], options["spinning"]
         # the fused graph's com.microsoft operators are measured on the CPU provider only: GPU providers get the
         # standard graph (TensorRT cannot run contrib operators at all); a GPU request that really fell back to

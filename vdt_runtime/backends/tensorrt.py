@@ -18,7 +18,8 @@ import numpy as np
 
 from vdt_runtime.backends import trt_engines as engines
 from vdt_runtime._xp import namespace
-from vdt_runtime.backends.base import Backend, boolean, check_io
+from vdt_runtime.backends.base import Backend, check_io
+from vdt_runtime.checks import check_bool
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BackendError, InputError
 
@@ -50,7 +51,7 @@ def check_tensorrt_options(options: dict[str, Any]) -> dict[str, Any]:
     if o["cache_dir"] is not None and not isinstance(o["cache_dir"], (str, Path)):
         raise InputError(f"cache_dir must be a folder path or None, got {type(o['cache_dir']).__name__}")
     for key in ("cuda_graph", "build", "device_state"):
-        boolean(key, o[key])
+        check_bool(key, o[key])
     if isinstance(o["device_id"], bool) or not isinstance(o["device_id"], int) or o["device_id"] < 0:
         raise InputError(f"device_id must be an integer >= 0, got {o['device_id']!r}")
     buckets = o["frame_buckets"]
