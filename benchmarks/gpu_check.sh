@@ -15,3 +15,12 @@ uptime
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$py" benchmarks/gpu_check.py --out "$out"
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$py" -m pytest -q -rs -m gpu tests/runtime/test_sampler_xp.py tests/runtime/test_tensorrt_logic.py tests/runtime/test_ort_cuda.py \
   tests/runtime/test_tensorrt_cuda_side.py || true
+# self-test (issue 22): the default bundle's golden cases on every backend and precision this machine can run;
+# one that cannot run here says why (status 2) and the loop goes on
+for combo in "cpu fp32" "cpu fp16" "cpu int8" "cuda fp32" "cuda fp16" "ort-tensorrt fp32" "ort-tensorrt fp16" \
+             "tensorrt fp32" "tensorrt fp16" "openvino fp32" "openvino bf16" "openvino int8"; do
+  set -- $combo
+  echo "== vdt selftest --backend $1 --precision $2"
+  PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$py" -m vdt_runtime.cli selftest --backend "$1" --precision "$2" \
+    || echo "selftest $1 $2: status $?"
+done

@@ -92,7 +92,7 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: dict, *, written=fro
     their external data; a file already listed keeps its entry, never re-hashed from what is on disk now."""
     bundle_dir = Path(bundle_dir)
     files = dict(manifest.get("files", {}))
-    names = set()
+    names = {manifest["golden"]["file"]} if "golden" in manifest else set()
     for stage in manifest["stages"].values():
         for name in (*stage["files"].values(), *stage.get("fused", {}).values()):
             names.add(name)
@@ -106,6 +106,23 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: dict, *, written=fro
     with atomic_path(bundle_dir / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return bundle_dir / MANIFEST
+
+
+def set_golden(bundle_dir: str | os.PathLike, manifest: dict, section: dict | None, *, written=frozenset()) -> None:
+    """Record a "golden" section (vdt_export.golden: golden.npz and its tolerances) in the bundle's manifest and
+    rewrite it (golden.npz listed and hashed); None leaves a bundle without golden cases as it is."""
+    if section is not None:
+        manifest["golden"] = section
+        write_manifest(bundle_dir, manifest, written=written)
+
+
+def refresh_golden(bundle_dir: str | os.PathLike, manifest: dict) -> None:
+    """After a stage file was added (quantize, fp16): re-measure the tolerances of the bundle's golden cases, if
+    it has any, so the new precision has its own."""
+    if "golden" in manifest:
+        from .golden import remeasure
+
+        set_golden(bundle_dir, manifest, remeasure(bundle_dir))
 
 
 def diffusion_config(learn_sigma: bool, diffusion: Mapping | None = None) -> dict:
@@ -204,11 +221,13 @@ def recommended_sampling(sampling: Mapping, diffusion: Mapping) -> dict:
 def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name: str, image_size: int,
                   scale_factor: float = SD_SCALE_FACTOR, diffusion: Mapping | None = None,
                   max_frames: int | None = None, max_batch: int = 16, training: Mapping | None = None,
-                  sampling: Mapping | None = None, fused: bool = True, verbose: bool = False) -> Path:
+                  sampling: Mapping | None = None, fused: bool = True, golden: bool = True,
+                  verbose: bool = False) -> Path:
     """Export denoiser + VAE encoder/decoder + manifest.json into `out_dir`; an existing bundle there is replaced
     only once the new one is complete. `fused` adds the onnxruntime-fused denoiser graph beside the portable one
     (stages.denoiser.fused); the denoiser graphs keep their weights in one shared file, DENOISER_DATA.
-    `sampling` ({"sampler", "steps", "eta"?, "note"?}) is the bundle's recommended sampler. Returns `out_dir`."""
+    `sampling` ({"sampler", "steps", "eta"?, "note"?}) is the bundle's recommended sampler. `golden` adds the
+    golden cases and their measured tolerances (vdt_export.golden; what `vdt selftest` replays). Returns `out_dir`."""
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     f = downsample_factor(vae)
@@ -240,4 +259,9 @@ def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name:
         export_vae_decoder(vae, staging / STAGE_FILES["vae_decoder"], image_size=image_size,
                            scale_factor=scale_factor, verbose=verbose)
         write_manifest(staging, manifest)
+        if golden:
+            from .golden import make_golden
+
+            manifest["golden"] = make_golden(staging, vdt, vae)
+            write_manifest(staging, manifest)
     return out_dir

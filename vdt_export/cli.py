@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(fp16)
     fp16.add_argument("--verbose", action="store_true", help="show the exporter's own output")
 
+    golden = sub.add_parser("golden", help="add golden cases (golden.npz + tolerances) to a bundle, for `vdt selftest`")
+    golden.add_argument("bundle", type=Path)
+    _add_model_args(golden)
+
     trt = sub.add_parser("trt", help="build TensorRT engines for a bundle into the engine cache (needs a GPU)")
     trt.add_argument("bundle", type=Path)
     trt.add_argument("--precision", action="append", choices=TRT_PRECISIONS,
@@ -200,6 +204,24 @@ def _cmd_trt(args) -> int:
     return 0
 
 
+def _cmd_golden(args) -> int:
+    from vdt_runtime.bundle import Bundle
+
+    from .bundle import read_manifest, set_golden
+    from .golden import GOLDEN_FILE, make_golden
+
+    section = make_golden(args.bundle, *_bundle_models(args))
+    set_golden(args.bundle, read_manifest(args.bundle), section, written={GOLDEN_FILE})  # golden.npz rewritten
+    Bundle.load(args.bundle, verify=True)  # what was written loads, and its files match
+    size = (args.bundle / GOLDEN_FILE).stat().st_size
+    print(f"wrote {args.bundle / GOLDEN_FILE} ({size / 1024:.1f} KiB, cases {section['cases']} + end-to-end "
+          f"{section['end_to_end']}); tolerances (max abs / mean abs), {section['measured']['margin']:g}x the worst "
+          f"error measured here on {section['measured']['machine']}:")
+    for precision, checks in section["tolerances"].items():
+        print(f"  {precision:<5} " + ", ".join(f"{c} {t['max_abs']:.3g}/{t['mean_abs']:.3g}" for c, t in checks.items()))
+    return 0
+
+
 def _cmd_verify(args) -> int:
     from .verify import verify_bundle
 
@@ -215,7 +237,7 @@ def _cmd_verify(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"onnx": _cmd_onnx, "verify": _cmd_verify, "quantize": _cmd_quantize, "fp16": _cmd_fp16,
-                "trt": _cmd_trt}
+                "trt": _cmd_trt, "golden": _cmd_golden}
     # ValueError / OSError: what torch, safetensors and onnx raise for a bad or missing file the user named
     return run_guarded(lambda: commands[args.command](args), expected=(VDTError, ValueError, OSError))
 

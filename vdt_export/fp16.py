@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from vdt_runtime.errors import InputError
 
-from .bundle import _with_max_frames, amend_manifest, write_manifest
+from .bundle import _with_max_frames, amend_manifest, refresh_golden, write_manifest
 from .models import VDT, Attention
 from .onnx_export import export_denoiser, export_vae_decoder, export_vae_encoder
 from .stage_error import stage_error
@@ -154,4 +154,5 @@ def add_fp16(bundle_dir: str | os.PathLike, vdt: VDT, vae: nn.Module | None = No
             manifest["stages"][stage]["files"][PRECISION] = path.name
             written.append(target)
     write_manifest(bundle_dir, manifest, written={path.name for path in written})
+    refresh_golden(bundle_dir, manifest)  # golden cases (if any) get tolerances for the new precision
     return written

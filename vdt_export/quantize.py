@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 
 from vdt_runtime.errors import BundleError, InputError
 
-from .bundle import amend_manifest, write_manifest
+from .bundle import amend_manifest, refresh_golden, write_manifest
 from .stage_error import CalibrationReader
 
 INT8_FILE = "denoiser.int8.onnx"
@@ -61,6 +61,7 @@ def quantize_bundle(bundle_dir: str | os.PathLike, *, mode: str = "dynamic", cal
                                                       "activations": "uint8 (per call)" if mode == "dynamic"
                                                       else "uint8 (calibrated on random latents)"}
     write_manifest(bundle_dir, manifest, written={INT8_FILE})
+    refresh_golden(bundle_dir, manifest)  # golden cases (if any) get tolerances for the new precision
     return target
 
 

@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=int, default=None, help="videos per batch (default: the bundle's batch max)")
     s.add_argument("--queue-delay-us", type=int, default=2000, help="how long Triton waits to fill a batch")
     s.add_argument("--verbose", action="store_true", help="Triton's own logs")
+    s.add_argument("--selftest", action="store_true",
+                   help="replay the bundle's golden cases at load and refuse to start if one fails")
     backend_args(s)
 
     j = sub.add_parser("batch", help="one video per clip of a folder, on a local Ray (extra 'ray')")
@@ -117,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--fps", type=float, default=8)
     backend_args(j)
 
+    t = sub.add_parser("selftest", help="replay the bundle's golden cases on this backend, precision and device "
+                       "(run it first on a new device)")
+    t.add_argument("bundle", type=Path, nargs="?", default=None)
+    backend_args(t)
+
     b = sub.add_parser("bench", help="per-stage time table on a random predict workload")
     b.add_argument("bundle", type=Path, nargs="?", default=None)
     b.add_argument("--steps", type=int, help="default: the bundle's recommendation for the sampler, else 50")
@@ -130,15 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; typed errors print one `error: ...` line and return 2. No input gives a traceback: anything
     else that escapes is a bug, reported as one `error: internal error ...` line with status 1."""
     args = _parser().parse_args(argv)
-    commands = {"run": _run, "info": _info, "bench": _bench, "serve": _serve, "batch": _batch}
+    commands = {"run": _run, "info": _info, "bench": _bench, "serve": _serve, "batch": _batch,
+                "selftest": _selftest}
     return run_guarded(lambda: commands[args.command](args))
 
 
-def _load(args, bundle=None, *, verify: bool = False):
+def _load(args, bundle=None, *, verify: bool = False, selftest: bool = False):
     from vdt_runtime.pipeline import Pipeline
 
     return Pipeline.load(args.bundle if bundle is None else bundle, backend=args.backend, precision=args.precision,
-                         options=_options(args), verify=verify, vae_slice=args.vae_slice)
+                         options=_options(args), verify=verify, vae_slice=args.vae_slice, selftest=selftest)
 
 
 def _options(args) -> dict:
@@ -193,7 +201,7 @@ def _params(args, **extra) -> dict:
 def _serve(args) -> int:
     from vdt_runtime.serve import MODEL, serve
 
-    pipe = _load(args)
+    pipe = _load(args, selftest=args.selftest)
     endpoints = f"http://{args.host}:{args.http_port} and grpc {args.host}:{args.grpc_port}"
     serve(pipe, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
           max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, verbose=args.verbose,
@@ -230,6 +238,10 @@ def _info(args) -> int:
 
     bundle = Bundle.load(args.bundle, verify=args.verify)
     print(bundle.describe())
+    golden = bundle.manifest.get("golden")
+    print("golden     no golden cases (vdt selftest cannot check this bundle; add them with vdt-export golden)"
+          if golden is None else f"golden     {golden['file']}: " + ", ".join(f"{n} {s}" for s, n in golden["cases"].items())
+          + f" case(s) + 1 end-to-end; tolerances for {', '.join(golden['tolerances'])} (run vdt selftest)")
     if args.verify:
         print(f"sha256     all {len(bundle.manifest['files'])} files match the manifest")
     print(f"machine    {machine()}")
@@ -240,6 +252,19 @@ def _info(args) -> int:
         print(f"  {choice:<12} " + (f"unavailable: {reason}" if reason else _precision_summary(runnable(bundle, choice))))
     with _load(args) as pipe:
         print(pipe.describe())
+    return 0
+
+
+def _selftest(args) -> int:
+    """Print what runs and the self-test table; 0 when every check passes, else one error line (status 2)."""
+    from vdt_runtime.selftest import run_selftest
+
+    with _load(args) as pipe:
+        print(pipe.describe())
+        report = run_selftest(pipe.bundle, pipe.backends)
+        print(report.table())
+    report.raise_if_failed()
+    print(f"self-test passed: bundle {pipe.bundle.name!r} on {pipe.backend}")
     return 0
 
 

@@ -27,3 +27,8 @@ class BundleError(VDTError):
 
 class BackendError(VDTError):
     """An inference backend is unavailable or failed to run."""
+
+
+class SelfTestError(BackendError):
+    """A backend's outputs on the bundle's golden cases are non-finite or outside the manifest's tolerance (or the
+    bundle carries no golden cases to check), at load with selftest=True or after a TensorRT engine build."""

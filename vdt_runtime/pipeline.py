@@ -82,7 +82,7 @@ class Pipeline:
     @classmethod
     def load(cls, path: str | os.PathLike | Bundle | None = None, *, backend: str = "auto", precision: str | None = None,
              options: Mapping[str, Any] | None = None, verify: bool = False,
-             vae_slice: int | None = None) -> "Pipeline":
+             vae_slice: int | None = None, selftest: bool = False) -> "Pipeline":
         """Open a bundle (a folder, an installed name or an already loaded Bundle; default: engines/default) on
         `backend`: auto | cpu | cuda | ort-tensorrt | openvino.
 
@@ -92,6 +92,8 @@ class Pipeline:
         backend's settings (onnxruntime: threads, graph_optimization, spinning, fused; see README); an unknown
         key is refused. `pipe.describe()` says what really runs. Close with `pipe.close()` or a `with` block.
         `vae_slice`: frames per VAE call (default: see Pipeline.vae_slice), the memory knob of the VAE stages.
+        `selftest`: replay the bundle's golden cases on what was opened (vdt_runtime.selftest); SelfTestError, naming
+        the stage, its error and tolerance, when one fails or the bundle has none (never a silent fallback).
         """
         if vae_slice is not None:
             _check_int("vae_slice", vae_slice, 1, None)
@@ -99,7 +101,17 @@ class Pipeline:
         if verify and isinstance(path, Bundle):
             bundle.verify()
         p = plan(bundle, backend, precision, options)  # decided once; every stage opens from it
-        return cls(bundle, p.open_all(bundle), backend=p.backend, chosen=p.chosen, vae_slice=vae_slice)
+        backends = p.open_all(bundle)
+        if selftest:
+            from vdt_runtime.selftest import run_selftest
+
+            try:
+                run_selftest(bundle, backends).raise_if_failed()
+            except BaseException:
+                for b in backends.values():
+                    b.close()
+                raise
+        return cls(bundle, backends, backend=p.backend, chosen=p.chosen, vae_slice=vae_slice)
 
     def close(self) -> None:
         """Release every stage's backend (idempotent); the pipeline cannot run afterwards."""

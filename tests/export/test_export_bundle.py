@@ -21,7 +21,7 @@ def test_manifest_lists_every_file_with_its_sha256(tiny_bundle):
     manifest = _manifest(tiny_bundle)
     on_disk = sorted(p.name for p in tiny_bundle.iterdir() if p.name != "manifest.json")
     assert sorted(manifest["files"]) == on_disk == ["denoiser.data", "denoiser.fused.onnx", "denoiser.onnx",
-                                                    "vae_decoder.onnx", "vae_encoder.onnx"]
+                                                    "golden.npz", "vae_decoder.onnx", "vae_encoder.onnx"]
     for name, entry in manifest["files"].items():
         data = (tiny_bundle / name).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}

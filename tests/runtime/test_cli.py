@@ -53,7 +53,7 @@ def test_given_frames_exact_through_cli(tiny_bundle, clip_path, tmp_path):
 def test_info_and_verify(tiny_bundle, capsys):
     assert main(["info", str(tiny_bundle), "--verify", "--backend", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "sha256     all 5 files match" in out and "\n  cpu          fp32\n" in out
+    assert "sha256     all 6 files match" in out and "\n  cpu          fp32\n" in out
     assert "denoiser     fp32  fused    graph, runs on CPUExecutionProvider" in out
     for stage in ("vae_encoder", "vae_decoder"):
         assert f"{stage:<12} fp32  standard graph, runs on CPUExecutionProvider" in out

@@ -218,6 +218,54 @@ def test_importing_the_runtime_imports_no_gpu_package():
     assert out.strip() == "[]"
 
 
+class _EngineStandIn:
+    """What TensorRTBackend._selftest reads of a new engine's backend: the stage's I/O, a run() (here onnxruntime's,
+    optionally perturbed) and the plan path in the cache."""
+
+    def __init__(self, bundle, stage, plan_path, change=lambda v: v):
+        from vdt_runtime.backends import open_backend
+
+        self.real = open_backend(bundle, stage, "cpu", "fp32")
+        for key in ("stage", "precision", "inputs", "outputs", "providers"):
+            setattr(self, key, getattr(self.real, key))
+        self.plan_path, self.change, self.closed = plan_path, change, False
+
+    def run(self, inputs):
+        return {k: self.change(v) for k, v in self.real.run(inputs).items()}
+
+    def close(self):
+        self.closed = True
+
+
+def test_new_engine_self_test_recorded_or_engine_not_cached(bundle, tmp_path):
+    """A freshly built engine runs the bundle's golden cases once: a pass is recorded in its .json (and the cache
+    still finds it); a failure removes the plan and its .json and raises SelfTestError naming the stage."""
+    from vdt_runtime.backends.tensorrt import TensorRTBackend
+    from vdt_runtime.errors import SelfTestError
+
+    spec = _spec(bundle)
+    path = te.write_engine(tmp_path, spec, H100, b"plan bytes")
+    good = _EngineStandIn(bundle, "denoiser", path)
+    TensorRTBackend._selftest(good, bundle)
+    record = json.loads(path.with_suffix(".json").read_text())["selftest"]
+    assert record["passed"] and [c["stage"] for c in record["checks"]] == ["denoiser", "end_to_end"]
+    assert te.find_engine(tmp_path, spec, H100) == (path, []) and not good.closed
+
+    bad = _EngineStandIn(bundle, "denoiser", path, lambda v: v * 1.05)
+    with pytest.raises(SelfTestError, match=r"new TensorRT engine tiny\.denoiser\.fp32\.\w+\.plan failed the self-test "
+                                            r"and was not cached: denoiser \(fp32\): max abs error"):
+        TensorRTBackend._selftest(bad, bundle)
+    assert bad.closed and not path.exists() and not path.with_suffix(".json").exists()
+    assert te.find_engine(tmp_path, spec, H100) == (None, [])
+
+
+def test_engine_of_a_bundle_without_golden_cases_records_the_skip(tmp_path):
+    path = te.write_engine(tmp_path, te.BuildSpec("b", "denoiser", "fp32", "0" * 64, ()), H100, b"plan")
+    assert te.record_selftest(path, None) == {"skipped": "the bundle has no golden cases"}
+    assert json.loads(path.with_suffix(".json").read_text())["selftest"]["skipped"]
+    assert path.is_file()
+
+
 # --- on a GPU with TensorRT (deselected by default; skip cleanly elsewhere) ------------------------------------
 
 

@@ -91,6 +91,7 @@ class TensorRTBackend(Backend):
         engines.cuda_check(cudart.cudaSetDevice(o.device_id), "cudaSetDevice")
         build = engines.build_spec(bundle, stage, precision, frame_buckets=o.frame_buckets,
                                    workspace_gb=o.workspace_gb)
+        fresh = engines.find_engine(o.cache_dir, build, device)[0] is None  # built now: self-tested below
         self.plan_path = engines.ensure_engine(bundle, build, device, o.cache_dir, build=o.build)
         self.profiles = list(build.profiles)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -114,6 +115,20 @@ class TensorRTBackend(Backend):
         self._profile = None
         self._cuda_graph, self._device_state = o.cuda_graph, o.device_state
         self.providers = (f"TensorRT:{device.name}",)
+        if fresh:
+            self._selftest(bundle)
+
+    def _selftest(self, bundle: Bundle) -> None:
+        """Replay this stage's golden cases (and the denoiser's end-to-end case) once on the new engine; its result
+        goes into the engine's .json, and an engine that fails is removed (trt_engines.record_selftest)."""
+        from vdt_runtime.selftest import load_golden, run_selftest
+
+        try:
+            report = None if load_golden(bundle) is None else run_selftest(bundle, {self.stage: self})
+            engines.record_selftest(self.plan_path, report)
+        except BaseException:
+            self.close()
+            raise
 
     # --- one call ------------------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:

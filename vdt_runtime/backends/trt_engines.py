@@ -286,6 +286,26 @@ def write_engine(cache_dir: Path, spec: BuildSpec, device: Device, plan: bytes) 
     return path
 
 
+def record_selftest(plan: Path, report) -> dict:
+    """After a fresh build: the self-test `report` (vdt_runtime.selftest.Report; None when the bundle has no golden
+    cases) goes into the engine's .json; an engine that failed it is removed with its .json (never cached) and
+    SelfTestError names the failing checks. Returns the record."""
+    from vdt_runtime._atomic import atomic_path
+    from vdt_runtime.errors import SelfTestError
+
+    meta_path = Path(plan).with_suffix(".json")
+    if report is not None and not report.passed:
+        Path(plan).unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
+        raise SelfTestError(f"new TensorRT engine {Path(plan).name} failed the self-test and was not cached: "
+                            + "; ".join(report.failures))
+    record = {"skipped": "the bundle has no golden cases"} if report is None else report.to_json()
+    meta = {**json.loads(meta_path.read_text(encoding="utf-8")), "selftest": record}
+    with atomic_path(meta_path) as tmp:
+        Path(tmp).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return record
+
+
 # --- the parts that need tensorrt / cuda.bindings ----------------------------------------------------------------
 
 
@@ -407,5 +427,5 @@ def ensure_engine(bundle: Bundle, spec: BuildSpec, device: Device, cache_dir: Pa
 
 
 __all__ = ["PRECISIONS", "BuildSpec", "Device", "Profile", "build_engine", "build_spec", "default_cache_dir",
-           "device_info", "ensure_engine", "find_engine", "profiles", "select_profile", "why_unusable",
+           "device_info", "ensure_engine", "find_engine", "profiles", "record_selftest", "select_profile", "why_unusable",
            "write_engine"]

@@ -128,6 +128,8 @@ def check_manifest(m: dict[str, Any], where: Path) -> None:
             raise BundleError(f"{where}: {key} must be an object, got {type(m[key]).__name__}")
     if "sampling" in m:
         _check_recommended_sampling(m["sampling"], diffusion["num_timesteps"], where)
+    if "golden" in m:
+        _check_golden(m["golden"], m, where)
 
 
 def _check_recommended_sampling(raw: Any, num_timesteps: int, where: Path) -> None:
@@ -141,6 +143,59 @@ def _check_recommended_sampling(raw: Any, num_timesteps: int, where: Path) -> No
         check_sampling(raw["sampler"], raw["steps"], raw.get("eta", 0.0), num_timesteps)
     except InputError as e:
         raise BundleError(f"{where}: sampling: {e}") from None
+
+
+GOLDEN_CHECKS = (*STAGES, "end_to_end")  # what a golden tolerance judges: each stage, and the short sampled case
+_GOLDEN_KEYS = {"file", "cases", "end_to_end", "tolerances", "measured"}
+_E2E_KEYS = {"sampler", "steps", "eta", "seed", "frames", "cond"}
+_TOL_KEYS = {"max_abs", "mean_abs"}
+
+
+def _check_golden(raw: Any, m: dict[str, Any], where: Path) -> None:
+    """The optional "golden" section (format_version 1 bundles without it load as before): the golden-case file
+    (listed in files, so hashed), cases per stage, the end-to-end case's settings and per-precision tolerances
+    {precision: {check: {max_abs, mean_abs}}}; "measured" (how they were set) is free-form provenance."""
+    if not isinstance(raw, dict) or not {"file", "cases", "end_to_end", "tolerances"} <= raw.keys() \
+            or not raw.keys() <= _GOLDEN_KEYS:
+        raise BundleError(f"{where}: golden must be an object with file, cases, end_to_end, tolerances and "
+                          f"optionally measured; got {shorten(raw)}")
+    if check_relative(raw["file"]) not in m["files"]:
+        raise BundleError(f"{where}: golden.file {shorten(raw['file'])} is not listed in the manifest's files "
+                          "(so it could not be verified)")
+    cases = raw["cases"]
+    if not isinstance(cases, dict) or set(cases) != set(STAGES):
+        raise BundleError(f"{where}: golden.cases must map each of {', '.join(STAGES)} to a case count, "
+                          f"got {shorten(cases)}")
+    for stage, n in cases.items():
+        _int(where, f"golden.cases.{stage}", n, 1, 64)
+    e2e = raw["end_to_end"]
+    if not isinstance(e2e, dict) or set(e2e) != _E2E_KEYS:
+        raise BundleError(f"{where}: golden.end_to_end must have exactly {', '.join(sorted(_E2E_KEYS))}; "
+                          f"got {shorten(e2e)}")
+    try:
+        check_sampling(e2e["sampler"], e2e["steps"], e2e["eta"], m["diffusion"]["num_timesteps"])
+    except InputError as err:
+        raise BundleError(f"{where}: golden.end_to_end: {err}") from None
+    _int(where, "golden.end_to_end.seed", e2e["seed"], 0, (1 << 63) - 1)
+    _int(where, "golden.end_to_end.frames", e2e["frames"], 1, m["model"]["max_frames"])
+    _int(where, "golden.end_to_end.cond", e2e["cond"], 0, e2e["frames"])
+    tols = raw["tolerances"]
+    if not isinstance(tols, dict) or not tols:
+        raise BundleError(f"{where}: golden.tolerances must map precision -> check -> {{max_abs, mean_abs}}, "
+                          f"got {shorten(tols)}")
+    for precision, checks in tols.items():
+        _choice(where, "golden.tolerances precision", precision, PRECISIONS)
+        if not isinstance(checks, dict) or not set(checks) <= set(GOLDEN_CHECKS):
+            raise BundleError(f"{where}: golden.tolerances.{precision} must map some of {', '.join(GOLDEN_CHECKS)} "
+                              f"to {{max_abs, mean_abs}}, got {shorten(checks)}")
+        for check, tol in checks.items():
+            if not isinstance(tol, dict) or set(tol) != _TOL_KEYS:
+                raise BundleError(f"{where}: golden.tolerances.{precision}.{check} must be {{max_abs, mean_abs}}, "
+                                  f"got {shorten(tol)}")
+            for key, value in tol.items():
+                _number(where, f"golden.tolerances.{precision}.{check}.{key}", value)
+    if "measured" in raw and not isinstance(raw["measured"], dict):
+        raise BundleError(f"{where}: golden.measured must be an object, got {type(raw['measured']).__name__}")
 
 
 def check_stage(name: str, raw: Any, m: dict[str, Any]) -> None:
