@@ -7,8 +7,6 @@ wrong was refused by `Request.plan` before this runs; what is checked here is wh
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -18,19 +16,9 @@ from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BundleError
 from vdt_runtime.limits import DEFAULT_VAE_SLICE_PIXELS
 from vdt_runtime.requests import Plan
-from vdt_runtime.samplers import get_sampler, per_item_normal
-from vdt_runtime.schedule import Schedule, make_schedule
-from vdt_runtime.settings import ETA_SAMPLERS, Sampling
+from vdt_runtime.samplers import SamplerRun, per_item_normal, prepare
+from vdt_runtime.settings import Sampling
 from vdt_runtime.timing import Timer
-
-
-@dataclass(frozen=True)
-class SamplerRun:
-    """A sampler with its schedule and options, shared by a batch."""
-
-    sample: Callable
-    schedule: Schedule
-    options: dict
 
 
 class Runner:
@@ -48,11 +36,7 @@ class Runner:
         return self.vae_slice or max(1, DEFAULT_VAE_SLICE_PIXELS // self.bundle.image_size ** 2)
 
     def sampler(self, sampling: Sampling) -> SamplerRun:
-        sampler, steps, eta = sampling
-        d = self.bundle.diffusion
-        schedule = make_schedule(steps, num_timesteps=d["num_timesteps"], beta_schedule=d["beta_schedule"],
-                                 prediction_type=d["prediction_type"], variance_type=d["variance_type"])
-        return SamplerRun(get_sampler(sampler), schedule, {"eta": eta} if sampler in ETA_SAMPLERS else {})
+        return prepare(sampling, self.bundle.diffusion)
 
     def run(self, plans: list[Plan], *, progress: bool = False) -> list[tuple[np.ndarray, np.ndarray, dict]]:
         """(frames uint8 [T, H, W, 3], latent mask [T, h, w], its batch's stage seconds) per plan, in order.
@@ -123,8 +107,8 @@ class Runner:
 
         callback = (lambda i, n, x: bar.update(1)) if bar is not None else None
         start, before = time.perf_counter(), timer.seconds.get("denoiser", 0.0)
-        x0 = to_numpy(s.sample(denoise, x_T, s.schedule, rng=rngs, mask=xp.asarray(np.stack([p.mask for p in plans])),
-                               x_given=xp.asarray(x_given), callback=callback, **s.options))
+        x0 = to_numpy(s(denoise, x_T, rng=rngs, mask=xp.asarray(np.stack([p.mask for p in plans])),
+                        x_given=xp.asarray(x_given), callback=callback))
         timer.add("sampler", time.perf_counter() - start - (timer.seconds.get("denoiser", 0.0) - before))
 
         with timer.stage("vae_decoder"):

@@ -18,9 +18,8 @@ from vdt_runtime.bundle import STAGES, Bundle
 from vdt_runtime.bundle._manifest import GOLDEN_CHECKS
 from vdt_runtime.errors import BundleError, SelfTestError
 from vdt_runtime.limits import shorten
-from vdt_runtime.samplers import get_sampler, per_item_normal
-from vdt_runtime.schedule import make_schedule
-from vdt_runtime.settings import ETA_SAMPLERS
+from vdt_runtime.samplers import per_item_normal, prepare
+from vdt_runtime.settings import Sampling
 
 __all__ = ["GOLDEN_CHECKS", "Check", "Golden", "Report", "end_to_end", "load_golden", "run_selftest"]
 MAX_GOLDEN_BYTES = 64 << 20  # a golden.npz is tens of kB; refuse anything near this before reading it
@@ -73,14 +72,11 @@ def end_to_end(bundle: Bundle, golden_section: Mapping, arrays: Mapping[str, np.
     """The end-to-end case's final latents [1, T, C, h, w]: a predict (mask and given latents from the golden file)
     sampled with the case's sampler, steps, η and seed by the runtime's own sampler, calling `denoise`. The export
     side calls this with the torch model to make the reference; the self-test with the backend."""
-    e, d = golden_section["end_to_end"], bundle.diffusion
-    schedule = make_schedule(e["steps"], num_timesteps=d["num_timesteps"], beta_schedule=d["beta_schedule"],
-                             prediction_type=d["prediction_type"], variance_type=d["variance_type"])
+    e = golden_section["end_to_end"]
+    run = prepare(Sampling(e["sampler"], e["steps"], e["eta"]), bundle.diffusion)
     rngs = [np.random.default_rng(e["seed"])]
     x_T = per_item_normal(rngs, bundle.latent_shape(e["frames"]))
-    options = {"eta": e["eta"]} if e["sampler"] in ETA_SAMPLERS else {}
-    out = get_sampler(e["sampler"])(denoise, x_T, schedule, rng=rngs, mask=arrays[f"{E2E}.mask"][None],
-                                    x_given=arrays[f"{E2E}.x_given"], **options)
+    out = run(denoise, x_T, rng=rngs, mask=arrays[f"{E2E}.mask"][None], x_given=arrays[f"{E2E}.x_given"])
     return to_numpy(out)
 
 
