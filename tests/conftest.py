@@ -1,36 +1,36 @@
-"""Shared fixtures: a tiny randomised VDT + VAE and the bundle exported from them (torch imported lazily)."""
+"""Shared fixtures: a tiny randomised VDT + VAE (torch, imported lazily) and its committed bundle (no torch).
+
+VDT_BLOCK_TORCH=1 makes `import torch` fail in this test process, as on a runtime-only install
+(tests/contracts/test_runtime_without_torch.py runs the runtime tests that way).
+"""
 from __future__ import annotations
+
+import os
+import shutil
+import sys
 
 import pytest
 
-TINY_SEED = 0
+if os.environ.get("VDT_BLOCK_TORCH") == "1":
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+
+import tiny_fixture
 
 
 @pytest.fixture(scope="session")
 def tiny_models():
-    """(vdt, vae): VDT-tiny (input_size 8, patch 2, 8 frames, 4 channels) + a /2 VAE, all weights randomised."""
+    """(vdt, vae) of tests/tiny_fixture.py: the models the committed tiny bundle was exported from."""
     pytest.importorskip("torch")
     pytest.importorskip("diffusers")
-    from vdt_export.sources import randomize_
-    from vdt_export.models import VDT, config_from_name
-    from vdt_export.sources import build_vae, tiny_vae_config
-
-    vdt = VDT(config_from_name("VDT-tiny", input_size=8, num_frames=8, in_channels=4))
-    randomize_(vdt, seed=TINY_SEED)
-    vae = randomize_(build_vae(tiny_vae_config()), seed=TINY_SEED + 1)
-    return vdt.eval(), vae.eval()
+    return tiny_fixture.make_models()
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_models, tmp_path_factory):
-    """Path of a bundle (image_size 16, T ≤ 8) exported from `tiny_models`."""
-    pytest.importorskip("onnx")
-    from vdt_export.bundle import export_bundle
-
-    vdt, vae = tiny_models
+def tiny_bundle(tmp_path_factory):
+    """Path of a private copy of the committed tiny bundle (image_size 16, T <= 8; tests/data/tiny_bundle)."""
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    training = {"source": "random-init", "seed": TINY_SEED}
-    return export_bundle(vdt, vae, out, name="tiny", image_size=16, training=training)
+    shutil.copytree(tiny_fixture.BUNDLE, out)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -44,9 +44,8 @@ def tiny_pipeline(tiny_bundle):
 @pytest.fixture(scope="session")
 def int8_bundle(tiny_bundle, tmp_path_factory):
     """A copy of `tiny_bundle` with an INT8 denoiser (onnxruntime dynamic quantization) added."""
+    pytest.importorskip("torch")  # vdt_export, the quantizer's home, is the torch side
     pytest.importorskip("onnxruntime.quantization")
-    import shutil
-
     from vdt_export.quantize import quantize_bundle
 
     out = tmp_path_factory.mktemp("quantized") / "tiny"
