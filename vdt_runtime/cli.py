@@ -123,15 +123,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--verbose", action="store_true", help="Triton's own logs")
     backend_args(s)
 
-    j = sub.add_parser("batch", help="one video per clip of a folder, on a local Ray (extra 'ray')")
-    j.add_argument("inputs", type=Path, help="folder of clips (video files or PNG folders)")
-    j.add_argument("outputs", type=Path, help="folder for the outputs and results.jsonl")
+    j = sub.add_parser("batch", help="one video per clip of a folder, on Ray Data: local or a cluster (extra 'ray')")
+    j.add_argument("inputs", help="folder of clips (one video file or image each): a path or a URI (s3://, gs://, ...)")
+    j.add_argument("outputs", help="folder for the outputs and results.jsonl: a path or a URI")
     j.add_argument("--bundle", type=Path, default=None, help="bundle folder or installed name (default: default)")
     task_args(j)
     j.add_argument("--seed", type=int, default=0, help="clip i (sorted by name) gets seed + i")
     j.add_argument("--suffix", default=".mp4", help="output type: .mp4, .gif, .webm, or '' for PNG folders")
     j.add_argument("--actors", type=int, default=1, help="pipelines at once (one per actor)")
-    j.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    j.add_argument("--gpus-per-actor", type=float, default=0, help="GPUs each actor reserves (default 0)")
+    j.add_argument("--address", default=None,
+                   help="an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray on loopback)")
+    j.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all; not with a "
+                   "cluster)")
     j.add_argument("--batch-size", type=int, default=8, help="rows per map_batches call")
     j.add_argument("--fps", type=float, default=8)
     backend_args(j)
@@ -255,7 +259,8 @@ def _batch(args) -> int:
     options = _options(args)
     rows = run_folder(args.inputs, args.outputs, bundle=args.bundle, backend=args.backend, precision=args.precision,
                       options=options, actors=args.actors, cpus_per_actor=options.get("threads", 1),
-                      num_cpus=args.num_cpus, batch_size=args.batch_size, suffix=args.suffix, seed=args.seed,
+                      gpus_per_actor=args.gpus_per_actor, num_cpus=args.num_cpus, address=args.address,
+                      batch_size=args.batch_size, suffix=args.suffix, seed=args.seed,
                       fps=args.fps, task=task, mask=mask, steps=args.steps, sampler=args.sampler, eta=args.eta, **flags)
     failed = [r for r in rows if r["error"]]
     for r in failed:
