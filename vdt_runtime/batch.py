@@ -21,6 +21,7 @@ finished for the same clip, request and seed. Ray is optional (`pip install 'vdt
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".png")  # clips: one file each
 OUTPUT_SUFFIXES = (".mp4", ".webm", ".gif", "")  # "": a folder of PNGs (local output folders only)
 RECORDS = ".vdt-batch"  # in the output folder: one <output name>.json per output vdt batch wrote
 RESULTS = "results.jsonl"
+_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 RAY_DATA_CPUS = 1  # CPUs left free for Ray Data's own tasks (reading clips, moving blocks)
 
 
@@ -82,7 +84,7 @@ def clip_rows(input_dir, output_dir, *, suffix: str = ".mp4", seed: int = 0, mas
 
 class GenerateBatch:
     """Callable class for `Dataset.map_batches`: holds one Pipeline (one per actor); a batch of rows in, one
-    result row per input row out (input, output, seed, frames, error). A batch may carry each clip's bytes
+    result row per input row out (input, output, seed, frames, error, node: the Ray node id). A batch may carry each clip's bytes
     (column `bytes`, as Ray Data's read_binary_files gives them); else `input` is read from this machine's disk.
     `out`: the output folder (a storage.Folder; default: each output's local parent folder). `mask`: a user mask
     (1 = generate) that every row's request takes instead of a task, as `vdt run --mask`."""
@@ -116,7 +118,8 @@ class GenerateBatch:
             except (VDTError, OSError) as e:
                 errors[i] = _one_line(e)
         return {"input": np.asarray(batch["input"]), "output": np.asarray(batch["output"]),
-                "seed": np.asarray(batch["seed"]), "frames": np.array(written), "error": np.array(errors, dtype=object)}
+                "seed": np.asarray(batch["seed"]), "frames": np.array(written), "error": np.array(errors, dtype=object),
+                "node": np.array([_node_id()] * n, dtype=object)}
 
     def _write(self, batch, i: int, frames: np.ndarray) -> int:
         """Record the output (claim), write it, record it finished; returns the frames written."""
@@ -214,31 +217,59 @@ def check_resources(ray, actors: int, cpus_per_actor: int, gpus_per_actor: float
     cpus = [int(n.get("CPU", 0)) for n in nodes]
     gpus = [float(n.get("GPU", 0)) for n in nodes]
     has = (f"Ray has {sum(cpus)} CPUs and {sum(gpus):g} GPUs on {len(nodes)} node(s)"
-           + (f" ({', '.join(f'{c} CPUs/{g:g} GPUs' for c, g in zip(cpus, gpus))})" if len(nodes) > 1 else ""))
+           + (f" ({', '.join(f'{c} CPUs/{g:g} GPUs' for c, g in sorted(zip(cpus, gpus), reverse=True))})"
+              if len(nodes) > 1 else ""))
     fits = sum(c // cpus_per_actor if gpus_per_actor == 0 else min(c // cpus_per_actor, int(g // gpus_per_actor))
                for c, g in zip(cpus, gpus))
     need = actors * cpus_per_actor + RAY_DATA_CPUS
     if need > sum(cpus) or actors > fits:
         gpu_part = f" and {gpus_per_actor:g} GPUs" if gpus_per_actor else ""
+        room = max(0, min(fits, (sum(cpus) - RAY_DATA_CPUS) // cpus_per_actor))
         raise InputError(f"{actors} actor(s) × {cpus_per_actor} CPUs{gpu_part} (threads) + {RAY_DATA_CPUS} CPU for "
-                         f"Ray Data's own tasks cannot be placed: {has}, room for {max(0, min(fits, (sum(cpus) - RAY_DATA_CPUS) // cpus_per_actor))} "
-                         "such actor(s); lower --actors or --threads, or add nodes")
+                         f"Ray Data's own tasks cannot be placed: {has}, room for {room} such actor(s); lower --actors "
+                         "or --threads, or add nodes")
 
 
 def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
-    """Connect to Ray; True when this call started it (and must shut it down). A local Ray listens on loopback
-    only, dashboard off; a cluster's size is its own, so `num_cpus` (a local Ray's size) is refused there."""
+    """Connect to Ray; True when this call started it (and must shut it down). A local Ray is a new one (never
+    another process's), listening on loopback only, dashboard off; a cluster's size is its own, so `num_cpus`
+    (a local Ray's size) is refused there."""
     if ray.is_initialized():
         return False
-    if address:
-        if num_cpus is not None:
-            raise InputError(f"--num-cpus sizes the local Ray vdt batch starts; the cluster at {shorten(address)} "
-                             "has its own CPUs (ray status shows them): leave it out")
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 _node_ip_address="127.0.0.1")
+    if address and num_cpus is not None:
+        raise InputError(f"--num-cpus sizes the local Ray vdt batch starts; the cluster at {shorten(address)} "
+                         "has its own CPUs (ray status shows them): leave it out")
+    host = (address or "127.0.0.1").split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    with _loopback_node(host in ("127.0.0.1", "localhost", "::1")):
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
     return True
+
+
+@contextlib.contextmanager
+def _loopback_node(loopback: bool):
+    """While Ray starts or connects on this machine's loopback, make 127.0.0.1 its node address. ray.init turns
+    127.0.0.1 into the machine's interface address (ray-project/ray#59110), and its servers then listen on every
+    interface; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps Ray's node address on loopback (read by the processes it
+    starts, and by ray_constants at import, hence both)."""
+    if not loopback:
+        yield
+        return
+    from ray._private import ray_constants
+
+    saved = os.environ.get(_RAY_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_RAY_CLUSTER_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(_RAY_CLUSTER_ENV, None)
+        else:
+            os.environ[_RAY_CLUSTER_ENV] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 def _run(ray, src: Folder, out: Folder, rows: list[dict], actors: int, cpus: int, gpus: float, batch_size: int,
@@ -293,10 +324,19 @@ def _plan(out: Folder, rows: list[dict], fps: float) -> tuple[list[dict], list[d
                              "folder")
         if state == "done":
             done.append({"input": row["input"], "output": row["output"], "seed": row["seed"],
-                         "frames": json.loads(out.read(_record_name(name)))["frames"], "error": "", "skipped": True})
+                         "frames": json.loads(out.read(_record_name(name)))["frames"], "error": "", "node": "",
+                         "skipped": True})
         else:
             todo.append(row)
     return todo, done
+
+
+def _node_id() -> str:
+    """The Ray node this runs on ("" outside Ray): results.jsonl says which node made each output."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
 
 
 def _record(rows, i: int | None, fps: float) -> dict:

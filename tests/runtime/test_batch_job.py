@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,9 @@ from vdt_runtime import Pipeline, Request
 from vdt_runtime.batch import GenerateBatch, clip_rows
 from vdt_runtime.errors import InputError
 from vdt_runtime.video import read_video, write_video
+
+sys.path.insert(0, str(Path(__file__).parent))
+from listening import Sampler  # noqa: E402
 
 REQUEST = dict(task="predict", cond=2, total=5, steps=2)
 
@@ -114,8 +119,10 @@ def test_ray_job_on_a_local_ray_matches_single_process(tiny_bundle, clips, tmp_p
     from vdt_runtime.batch import run_folder
 
     out = tmp_path / "out"
-    results = run_folder(clips, out, bundle=tiny_bundle, backend="cpu", options={"threads": 1}, actors=2, num_cpus=3,
-                         batch_size=2, suffix="", seed=7, **REQUEST)
+    with Sampler() as sockets:  # the local Ray it starts listens on loopback only (ray-project/ray#59110)
+        results = run_folder(clips, out, bundle=tiny_bundle, backend="cpu", options={"threads": 1}, actors=2,
+                             num_cpus=3, batch_size=2, suffix="", seed=7, **REQUEST)
+    assert sockets.beyond_loopback() == set() and any(name == "gcs_server" for _, name in sockets.seen), sockets.seen
     assert [r["error"] == "" for r in results] == [True] * 5 + [False]
     assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["input"] == results[0]["input"]
     for row in results[:5]:
