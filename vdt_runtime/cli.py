@@ -120,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=int, default=8002)
     s.add_argument("--max-batch", type=int, default=None, help="videos per batch (default: the bundle's batch max)")
     s.add_argument("--queue-delay-us", type=int, default=2000, help="how long Triton waits to fill a batch")
+    s.add_argument("--exit-timeout-s", type=int, default=10, help="on SIGTERM / Ctrl-C, seconds Triton gives "
+                   "in-flight requests before it stops (stopping takes about this long; default 10)")
     s.add_argument("--verbose", action="store_true", help="Triton's own logs")
     backend_args(s)
 
@@ -241,13 +243,18 @@ def _run(args) -> int:
 
 
 def _serve(args) -> int:
+    from vdt_runtime.schedule import _check_int
     from vdt_runtime.serve import MODEL, serve
 
     pipe = _load(args)
     endpoints = f"http://{args.host}:{args.http_port} and grpc {args.host}:{args.grpc_port}"
     serve(pipe, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
           max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, verbose=args.verbose,
-          ready=lambda: print(f"serving model {MODEL!r} ({pipe.bundle.name}) on {endpoints}", flush=True))
+          exit_timeout_s=_check_int("--exit-timeout-s", args.exit_timeout_s, 0, 3600),
+          ready=lambda: print(f"serving model {MODEL!r} ({pipe.bundle.name}) on {endpoints}; health "
+                              f"http://{args.host}:{args.http_port}/v2/health/ready, metrics "
+                              f"http://{args.host}:{args.metrics_port}/metrics", flush=True))
+    print("stopped: Triton and its workspace are gone", flush=True)
     return 0
 
 

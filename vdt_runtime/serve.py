@@ -109,9 +109,11 @@ class InferCallable:
 
 
 def serve(pipe, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-          max_batch: int | None = None, queue_delay_us: int = 2000, verbose: bool = False, ready=None) -> None:
+          max_batch: int | None = None, queue_delay_us: int = 2000, verbose: bool = False, exit_timeout_s: int = 10,
+          ready=None) -> None:
     """Serve `pipe` as model "vdt" until SIGTERM or Ctrl-C, then stop Triton (its ports closed, PyTriton's
-    workspace removed) and return. `ready()` (if given) is called once the endpoints are up.
+    workspace removed) and return; Triton gives in-flight requests `exit_timeout_s` seconds, and stopping takes
+    about that long. `ready()` (if given) is called once the endpoints are up.
 
     `pipe` is loaded before Triton starts, so Triton's /v2/health/ready (server and model ready) answers 200 only
     once the pipeline is loaded; /v2/health/live answers while the server runs; Prometheus metrics are on
@@ -128,7 +130,8 @@ def serve(pipe, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: in
     cap = pipe.bundle.stage("denoiser").axis_max("batch") or 16
     max_batch = cap if max_batch is None else max_batch
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
-                          metrics_address=host, metrics_port=metrics_port, log_verbose=1 if verbose else 0)
+                          metrics_address=host, metrics_port=metrics_port, log_verbose=1 if verbose else 0,
+                          exit_timeout_secs=exit_timeout_s)
     if not verbose:
         logging.getLogger("pytriton").setLevel(logging.WARNING)
     with _stop_on_sigterm():

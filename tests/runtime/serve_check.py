@@ -28,6 +28,7 @@ from vdt_runtime import Pipeline, Request  # noqa: E402
 HOST = "127.0.0.1"
 PYTRITON_HOME = Path(tempfile.mkdtemp(prefix="vdt-serve-check-"))  # where the server's PyTriton puts its workspace
 STEPS = 2
+EXIT_TIMEOUT_S = 3
 
 
 def free_ports(n: int) -> list[int]:
@@ -53,7 +54,7 @@ def model_ready(ports: list[int]) -> bool:
 def start_server(bundle: str, ports: list[int]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vdt_runtime.cli", "serve", bundle, "--host", HOST, "--http-port", str(ports[0]),
            "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--backend", "cpu", "--threads", "1",
-           "--queue-delay-us", "300000"]  # wait up to 0.3 s to fill a batch, so concurrent requests do batch
+           "--queue-delay-us", "300000", "--exit-timeout-s", str(EXIT_TIMEOUT_S)]  # wait up to 0.3 s to fill a batch, so concurrent requests do batch
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTRITON_HOME": str(PYTRITON_HOME)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: list[str] = []
@@ -212,6 +213,7 @@ def check_sigterm(server: subprocess.Popen, ports: list[int]) -> None:
     server.terminate()  # SIGTERM
     assert server.wait(60) == 0, f"exit status {server.returncode} after SIGTERM"
     took = time.monotonic() - start
+    assert took < EXIT_TIMEOUT_S + 15, f"stopping took {took:.1f} s"
     assert not any(Path(f"/proc/{p}").exists() for p in tritons), "tritonserver still runs after the server exited"
     for port in ports:
         with socket.socket() as s:  # a new server could take the port: nothing listens (TIME_WAIT of the
