@@ -12,11 +12,12 @@ output) gets its `error` and writes nothing; the other rows go on.
 
 `run_folder` (the `vdt batch` command) does all of it, on a Ray it starts on this machine (loopback only) or on an
 existing cluster (`address`, or RAY_ADDRESS). Folders may be local or any pyarrow filesystem URI (storage.Folder):
-clips travel as bytes through Ray Data (`read_binary_files`; a local folder is read on the driver's node), and
-outputs, their records and results.jsonl are written through the same layer, so no worker needs the driver's disk.
+clips travel as bytes through Ray Data (a URI folder read by `read_binary_files` on the workers, a local folder by
+the driver), and outputs, their records and results.jsonl are written through the same layer, so no worker needs
+the driver's disk (a local output folder is refused on a cluster with nodes on other machines).
 Before an output is written, vdt records it in `.vdt-batch/<name>.json` beside it; an existing output without its
 record is one vdt batch did not write, and is never replaced. A rerun skips the outputs its records say are
-finished for the same clip, request and seed. Ray is optional (`pip install 'vdt[ray]'`), imported only by
+finished for the same clip, request, seed and fps. Ray is optional (`pip install 'vdt[ray]'`), imported only by
 `run_folder`.
 """
 from __future__ import annotations
