@@ -203,8 +203,7 @@ def run_folder(input_dir, output_dir, *, bundle=None, backend: str = "auto", pre
     for r in results:
         r.setdefault("skipped", False)
     out.makedirs(RECORDS)
-    if output_state(out, RESULTS, {"results": True}) == "foreign":
-        raise InputError(f"{shorten(out.uri(RESULTS))} exists and vdt batch did not write it; it is left alone")
+    _check_results_file(out, None)  # planned before the job; asserted again before the write
     out.write(_record_name(RESULTS), json.dumps({"results": True, "frames": 1}).encode())
     out.write(RESULTS, "".join(json.dumps(r) + "\n" for r in results).encode())
     return results
@@ -261,6 +260,9 @@ def _loopback_node(loopback: bool):
         return
     from ray._private import ray_constants
 
+    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):  # another Ray: its own resolution applies
+        yield
+        return
     saved = os.environ.get(_RAY_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[_RAY_CLUSTER_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
     try:
@@ -315,6 +317,7 @@ class _Attach:
 def _plan(out: Folder, rows: list[dict], fps: float) -> tuple[list[dict], list[dict]]:
     """(rows to run, result rows of outputs already finished); InputError on any output vdt batch did not write."""
     entries = out.entries() if out.exists() else {}
+    _check_results_file(out, entries)
     todo, done = [], []
     for row in rows:
         name = row["output"].rsplit("/", 1)[-1]
@@ -338,6 +341,12 @@ def _node_id() -> str:
 
     ray = sys.modules.get("ray")
     return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
+
+
+def _check_results_file(out: Folder, entries: dict[str, bool] | None) -> None:
+    if output_state(out, RESULTS, {"results": True}, entries) == "foreign":
+        raise InputError(f"output folder {shorten(str(out))} already holds {RESULTS}, which vdt batch did not write; "
+                         "it is never replaced: move it, or give another folder")
 
 
 def _record(rows, i: int | None, fps: float) -> dict:

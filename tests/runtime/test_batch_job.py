@@ -158,8 +158,13 @@ def test_an_output_vdt_did_not_write_is_never_replaced_and_reruns_skip_finished_
 
     out = tmp_path / "out"
     out.mkdir()
-    (out / "clip1.gif").write_bytes(b"the user's own file")
     kw = dict(bundle=tiny_bundle, backend="cpu", options={"threads": 1}, num_cpus=2, suffix=".gif", seed=7, **REQUEST)
+    (out / "results.jsonl").write_text("the user's notes")
+    with pytest.raises(InputError, match="already holds results.jsonl, which vdt batch did not write"):
+        run_folder(clips, out, **kw)
+    assert (out / "results.jsonl").read_text() == "the user's notes"
+    (out / "results.jsonl").unlink()
+    (out / "clip1.gif").write_bytes(b"the user's own file")
     with pytest.raises(InputError, match="already holds 'clip1.gif', which vdt batch did not write"):
         run_folder(clips, out, **kw)
     assert (out / "clip1.gif").read_bytes() == b"the user's own file" and sorted(p.name for p in out.iterdir()) == [
