@@ -83,7 +83,7 @@ def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, warmu
 def parse_run(text: str) -> tuple[str, int, float]:
     """'sampler:steps' or 'sampler:steps:eta' → (sampler, steps, eta), for argparse."""
     from vdt_runtime.errors import InputError
-    from vdt_runtime.samplers import parse_sampling
+    from vdt_runtime.settings import parse_sampling
 
     try:
         return parse_sampling(text)
@@ -108,10 +108,11 @@ def random_bundle(out_dir: Path, config, vae_config: dict, *, diffusion: dict | 
     Returns (vdt, vae) — the torch modules holding the very same weights. With `reuse`, a bundle already in
     out_dir is kept (the same config and seed give the same weights) and only the modules are rebuilt."""
     from vdt_export.bundle import export_bundle
-    from vdt_export.checkpoint import randomize_
+    from vdt_export.sources import randomize_
     from vdt_export.models import VDT
     from vdt_export.quantize import quantize_bundle
-    from vdt_export.vae import build_vae, downsample_factor
+    from vdt_export.vae import downsample_factor
+    from vdt_export.sources import build_vae
 
     vdt = randomize_(VDT(config), seed=seed).eval()
     vae = randomize_(build_vae(vae_config), seed=seed + 1).eval()

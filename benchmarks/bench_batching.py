@@ -72,7 +72,7 @@ def main(argv=None):
                                                   options=opts), args)
     if args.vdt_s2:
         from vdt_export.models import config_from_name
-        from vdt_export.vae import tiny_vae_config
+        from vdt_export.sources import tiny_vae_config
 
         with tempfile.TemporaryDirectory(prefix="vdt-batching-") as tmp:
             random_bundle(Path(tmp) / "s2", config_from_name("VDT-S/2", input_size=16, num_frames=16),

@@ -76,7 +76,7 @@ def _models(args, tmp: Path) -> tuple[Path, Path, str]:
     if args.bundle.joinpath("manifest.json").is_file() and args.checkpoint.joinpath("vdt.safetensors").is_file():
         return args.bundle, args.checkpoint, f"{args.bundle} (trained)"
     from _common import random_bundle
-    from vdt_export.checkpoint import save_checkpoint_folder
+    from vdt_export.sources import save_checkpoint_folder
     from vdt_export.train_tiny import DIFFUSION, VAE_CONFIG, VDT_CONFIG
 
     vdt, vae = random_bundle(tmp / "default-random", VDT_CONFIG, VAE_CONFIG, diffusion=DIFFUSION, int8=False)
@@ -134,7 +134,7 @@ def shares(bundle: Path, args) -> list[dict]:
 def _vdt_s2_share(args, tmp: Path) -> None:
     from _common import random_bundle
     from vdt_export.models import config_from_name
-    from vdt_export.vae import tiny_vae_config
+    from vdt_export.sources import tiny_vae_config
 
     bundle = tmp / "vdt-s2"
     random_bundle(bundle, config_from_name("VDT-S/2", input_size=32, num_frames=TOTAL), tiny_vae_config(), int8=False)

@@ -122,7 +122,7 @@ def part_b(args, tmp: Path) -> tuple[list[dict], str]:
     from _common import random_bundle
     from torch_reference import TorchDDPM, with_sdpa
     from vdt_export.models import config_from_name
-    from vdt_export.vae import tiny_vae_config
+    from vdt_export.sources import tiny_vae_config
     from vdt_runtime.backends import open_backend
     from vdt_runtime.bundle import Bundle
     from vdt_runtime.samplers import get_sampler
@@ -170,7 +170,7 @@ def part_call(args, tmp: Path) -> tuple[list[dict], str]:
     from _common import random_bundle
     from torch_reference import with_sdpa
     from vdt_export.models import config_from_name
-    from vdt_export.vae import tiny_vae_config
+    from vdt_export.sources import tiny_vae_config
     from vdt_runtime.backends import open_backend
     from vdt_runtime.bundle import Bundle
 
@@ -209,7 +209,7 @@ def _skipped(skipped: list[str]) -> str:
 
 
 def _int8_error(bundle: Path) -> str:
-    from vdt_export.quantize import precision_error
+    from vdt_export.stage_error import precision_error
 
     e = precision_error(bundle)
     return (f"\nint8 vs fp32 denoiser output on 4 random inputs (batch 1, T = opt): max abs {e['max_abs']:.4f}, "

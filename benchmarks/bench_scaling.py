@@ -31,7 +31,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from vdt_export.models import config_from_name
-    from vdt_export.vae import tiny_vae_config
+    from vdt_export.sources import tiny_vae_config
     from vdt_runtime import Pipeline
 
     frame_rows, batch_rows = [], []

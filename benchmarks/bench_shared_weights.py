@@ -53,7 +53,7 @@ def main(argv=None):
         if args.vdt_s2:
             from _common import random_bundle
             from vdt_export.models import config_from_name
-            from vdt_export.vae import tiny_vae_config
+            from vdt_export.sources import tiny_vae_config
 
             bundle = Path(tmp) / "vdt-s2"
             random_bundle(bundle, config_from_name("VDT-S/2", input_size=32, num_frames=16), tiny_vae_config(),

@@ -6,7 +6,14 @@ Each check runs what this machine can run and records SKIP with the reason other
   cupy       every sampler on CuPy arrays vs NumPy, same noise, same stand-in denoiser
   buffers    cuda.bindings: allocate, copy host→device→host on one stream, compare
   torch      torch-CUDA eager VDT-S/2 per call: fp32, fp16 autocast, and the fp16 export policy (B=1, T=16)
-  ort_cuda   onnxruntime CUDAExecutionProvider on the same call, where this onnxruntime has it
+  default_load  Pipeline.load() with no arguments on this machine: backend, why, the providers sessions really got,
+             warnings, and one predict (issue 20: it raised "unknown backend 'ort-auto'" on NVIDIA boxes)
+  ort_cuda   onnxruntime's CUDA provider (backend="cuda") vs torch eager CUDA on the same weights, fp32 and fp16:
+             parity, per-call time with I/O binding and CUDA graphs on vs off, a 50-call denoiser loop each side
+             (and torch.compile where it runs), and predict (DDPM 50) per video; SKIP where the provider is not
+             offered or does not really load
+  ort_state  the CuPy sampler-state path through onnxruntime (device_state on vs off: same frames, x_T made on
+             the device, per-video time)
   tensorrt   engines fp32/fp16 built from the bundle, TRT vs onnxruntime parity, per-call (± CUDA graph) and
              per-video (predict, DDPM 50) timings
   overhead   the runtime's own cost around the engine: predict through the native backend with a stand-in engine,
@@ -91,11 +98,11 @@ def env(_):
 
 def make_bundle(tmp: Path) -> Path:
     """A random VDT-S/2 (16 frames, 32×32×4 latents, seed 0) + tiny VAE bundle with its fp16 stages."""
-    from vdt_export.checkpoint import randomize_
+    from vdt_export.sources import randomize_
     from vdt_export.bundle import export_bundle
     from vdt_export.fp16 import add_fp16
     from vdt_export.models import VDT, config_from_name
-    from vdt_export.vae import build_vae, tiny_vae_config
+    from vdt_export.sources import build_vae, tiny_vae_config
 
     vdt = randomize_(VDT(config_from_name("VDT-S/2")), 0).eval()
     vae = randomize_(build_vae(tiny_vae_config()), 1).eval()
@@ -106,7 +113,7 @@ def make_bundle(tmp: Path) -> Path:
 
 @guarded
 def fp16_onnx(bundle: Path):
-    from vdt_export.quantize import precision_error
+    from vdt_export.stage_error import precision_error
 
     for stage in ("denoiser", "vae_encoder", "vae_decoder"):
         e = precision_error(bundle, precision="fp16", stage=stage, trials=4)
@@ -172,7 +179,7 @@ def torch_reference(_):
 
     if not torch.cuda.is_available():
         raise Skip(f"torch {torch.__version__} has no CUDA device")
-    from vdt_export.checkpoint import randomize_
+    from vdt_export.sources import randomize_
     from vdt_export.fp16 import half_vdt
     from vdt_export.models import VDT, config_from_name
 
@@ -194,23 +201,111 @@ def torch_reference(_):
 
 
 @guarded
-def ort_cuda(bundle: Path):
-    """onnxruntime's CUDA provider on the same denoiser call, for the "TensorRT FP16 ≥ 1.3× ORT CUDA" target."""
+def default_load(_):
+    """What a new user's first line does here."""
+    import warnings
+
+    from vdt_runtime import Pipeline
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        start = time.perf_counter()
+        pipe = Pipeline.load()
+        load_s = time.perf_counter() - start
+    frames = np.random.default_rng(0).integers(0, 256, (8, pipe.image_size, pipe.image_size, 3), dtype=np.uint8)
+    start = time.perf_counter()
+    pipe.predict(frames, cond=8, total=16, steps=50, seed=0)
+    record("default_load", status="OK", backend=pipe.backend, chosen=pipe.chosen, load_s=load_s,
+           predict_ddpm50_s=time.perf_counter() - start, providers={k: list(v) for k, v in pipe.providers.items()},
+           array_namespace=pipe.backends["denoiser"].array_namespace().__name__,
+           warnings=[str(w.message) for w in caught])
+    pipe.close()
+
+
+def _cuda_backend(bundle: Path, precision: str, **options):
+    """backend="cuda" on the bundle's denoiser; Skip unless the CUDA provider is offered AND really loads."""
     import onnxruntime as ort
 
     from vdt_runtime.backends import open_backend
     from vdt_runtime.bundle import Bundle
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise Skip(f"onnxruntime {ort.__version__} offers no CUDAExecutionProvider")
+        raise Skip(f"onnxruntime {ort.__version__} offers no CUDAExecutionProvider (CPU-only package)")
+    be = open_backend(Bundle.load(bundle), "denoiser", "cuda", precision, options)
+    if be.providers[0] != "CUDAExecutionProvider":
+        be.close()
+        raise Skip(f"the CUDA provider did not load; sessions got {be.providers}")
+    return be
+
+
+@guarded
+def ort_cuda(bundle: Path):
+    """onnxruntime CUDA vs torch eager CUDA, same random VDT-S/2 weights (seed 0), B=1, T=16, t=500."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise Skip(f"torch {torch.__version__} has no CUDA device")
+    from vdt_export.checkpoint import randomize_
+    from vdt_export.models import VDT, config_from_name
+
+    vdt = randomize_(VDT(config_from_name("VDT-S/2")), 0).eval().cuda()
     rng = np.random.default_rng(0)
     feed = {"latents": rng.standard_normal((1, 16, 4, 32, 32), dtype=np.float32),
             "timestep": np.array([500.0], np.float32)}
+    x, t = torch.from_numpy(feed["latents"]).cuda(), torch.from_numpy(feed["timestep"]).cuda()
+    sync = torch.cuda.synchronize
+    with torch.no_grad():
+        ref = vdt(x, t).float().cpu().numpy()
+        torch_call = {"fp32": lambda: vdt(x, t)}
+        record("ort_cuda", status="OK", what="torch eager CUDA fp32 denoiser call", **timed(torch_call["fp32"], sync=sync))
+        record("ort_cuda", status="OK", what="torch eager CUDA fp32, 50-call loop",
+               **timed(lambda: [vdt(x, t) for _ in range(50)], repeats=3, warmup=1, sync=sync))
+        try:
+            compiled = torch.compile(vdt)
+            compiled(x, t)
+            record("ort_cuda", status="OK", what="torch.compile CUDA fp32 denoiser call", **timed(lambda: compiled(x, t), sync=sync))
+        except Exception as e:  # noqa: BLE001 - torch.compile needs a working Triton / compiler here
+            record("ort_cuda", status="SKIP", what="torch.compile", reason=f"{type(e).__name__}: {e}"[:300])
     for precision in ("fp32", "fp16"):
-        be = open_backend(Bundle.load(bundle), "denoiser", "cuda", precision)
-        record("ort_cuda", status="OK", what=f"denoiser {precision}", providers=be.providers,
-               **timed(lambda: be.run(feed)))
-        be.close()
+        for io_binding, graph in ((False, False), (True, False), (True, True)):
+            try:
+                be = _cuda_backend(bundle, precision, io_binding=io_binding, cuda_graph=graph)
+            except Skip as e:
+                record("ort_cuda", status="SKIP", what=f"denoiser {precision}", reason=str(e))
+                return
+            out = be.run(feed)["model_out"]
+            record("ort_cuda", status="OK", what=f"denoiser {precision}", io_binding=io_binding, cuda_graph=graph,
+                   providers=be.providers, max_abs_vs_torch_fp32=float(np.abs(out - ref).max()),
+                   mean_abs_vs_torch_fp32=float(np.abs(out - ref).mean()), **timed(lambda: be.run(feed)))
+            record("ort_cuda", status="OK", what=f"denoiser {precision}, 50-call loop", io_binding=io_binding,
+                   cuda_graph=graph, **timed(lambda: [be.run(feed) for _ in range(50)], repeats=3, warmup=1))
+            be.close()
+
+
+@guarded
+def ort_state(bundle: Path):
+    """Pipeline on backend="cuda" with the sampler state on the GPU (CuPy, x_T made there) vs on the host."""
+    import cupy  # noqa: F401 - SKIP without it
+
+    from vdt_runtime import Pipeline
+
+    _cuda_backend(bundle, "fp32").close()  # SKIP unless the CUDA provider really loads
+    frames = np.random.default_rng(1).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    outs = {}
+    for precision in ("fp32", "fp16"):
+        for device_state in (False, True):
+            with Pipeline.load(bundle, backend="cuda", precision=precision,
+                               options={"device_state": device_state}) as pipe:
+                xp = pipe.backends["denoiser"].array_namespace().__name__
+                run = lambda: pipe.predict(frames, cond=8, total=16, steps=50, seed=0, timings=True)  # noqa: E731
+                outs[precision, device_state] = run().frames
+                t = timed(run, repeats=3, warmup=1)
+                record("ort_state", status="OK", what=f"predict 8→16 DDPM 50 ({precision})", sampler_state=xp,
+                       providers=pipe.providers["denoiser"], per_video=t, stage_ms={
+                           k: round(1e3 * v, 2) for k, v in run().timings.items()})
+        same = outs[precision, True].astype(int) - outs[precision, False]
+        record("ort_state", status="OK", what=f"device vs host state ({precision})",
+               max_abs_uint8_diff=int(np.abs(same).max()), identical=bool((same == 0).all()))
 
 
 @guarded
@@ -289,6 +384,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "gpu_check_results.jsonl")
     args = ap.parse_args(argv)
     env(None)
+    default_load(None)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             bundle = make_bundle(Path(tmp))
@@ -302,6 +398,7 @@ def main(argv=None) -> int:
         torch_reference(None)
         if bundle is not None:
             ort_cuda(bundle)
+            ort_state(bundle)
             tensorrt(bundle)
             overhead(bundle)
     args.out.write_text("".join(json.dumps(r) + "\n" for r in RESULTS))

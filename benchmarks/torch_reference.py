@@ -92,8 +92,8 @@ class TorchPipeline:
 
     @classmethod
     def from_checkpoint(cls, folder: str | os.PathLike, diffusion: dict | None = None) -> "TorchPipeline":
-        """A folder written by vdt_export.checkpoint.save_checkpoint_folder (e.g. checkpoints/default)."""
-        from vdt_export.checkpoint import load_checkpoint_folder
+        """A folder written by vdt_export.sources.save_checkpoint_folder (e.g. checkpoints/default)."""
+        from vdt_export.sources import load_checkpoint_folder
 
         ckpt = load_checkpoint_folder(folder)
         return cls(ckpt.vdt, ckpt.vae, scale_factor=ckpt.scale_factor, diffusion=diffusion or ckpt.diffusion)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 from make_samples import framed  # noqa: E402
 from vdt_export import bouncing  # noqa: E402  (numpy only)
 from vdt_runtime import Pipeline  # noqa: E402
-from vdt_runtime.samplers import parse_sampling  # noqa: E402
+from vdt_runtime.settings import parse_sampling  # noqa: E402
 
 RUNS = ["ddpm:50", "ddim:5", "ddim:10", "ddim:20", "dpmpp:20:1"]
 TOTAL = 16

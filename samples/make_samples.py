@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from vdt_export import bouncing  # noqa: E402  (numpy only)
 from vdt_runtime import Pipeline  # noqa: E402
-from vdt_runtime.samplers import parse_sampling  # noqa: E402
+from vdt_runtime.settings import parse_sampling  # noqa: E402
 from vdt_runtime.video import write_video  # noqa: E402
 
 GIVEN, GENERATED = np.array([40, 170, 60], np.uint8), np.array([220, 50, 40], np.uint8)

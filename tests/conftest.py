@@ -11,9 +11,9 @@ def tiny_models():
     """(vdt, vae): VDT-tiny (input_size 8, patch 2, 8 frames, 4 channels) + a /2 VAE, all weights randomised."""
     pytest.importorskip("torch")
     pytest.importorskip("diffusers")
-    from vdt_export.checkpoint import randomize_
+    from vdt_export.sources import randomize_
     from vdt_export.models import VDT, config_from_name
-    from vdt_export.vae import build_vae, tiny_vae_config
+    from vdt_export.sources import build_vae, tiny_vae_config
 
     vdt = VDT(config_from_name("VDT-tiny", input_size=8, num_frames=8, in_channels=4))
     randomize_(vdt, seed=TINY_SEED)

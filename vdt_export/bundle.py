@@ -1,6 +1,7 @@
 """Bundle writer: the three ONNX stages plus manifest.json, built beside the target and renamed into place."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Mapping
@@ -11,11 +12,12 @@ import onnx
 import torch
 import torch.nn as nn
 
-from vdt_runtime.bundle import _manifest
 from vdt_runtime._atomic import atomic_dir, atomic_path
+from vdt_runtime.bundle import Bundle, _manifest
 from vdt_runtime.bundle import sha256_file as hash_file  # re-exported: one hashing routine for both sides
+from vdt_runtime.bundle._manifest import FORMAT, FORMAT_VERSION
 from vdt_runtime.errors import BundleError, InputError
-from vdt_runtime.samplers import check_sampling
+from vdt_runtime.settings import PREDICTION_TYPES, VARIANCE_TYPES, check_sampling
 
 from . import __version__
 from .models import VDT
@@ -23,13 +25,10 @@ from .onnx_export import OPSET, export_denoiser, export_vae_decoder, export_vae_
 from .shared_weights import share_weights
 from .vae import SD_SCALE_FACTOR, downsample_factor, latent_channels
 
-FORMAT, FORMAT_VERSION = "vdt-bundle", 1
 MANIFEST = "manifest.json"
 STAGE_FILES = {"denoiser": "denoiser.onnx", "vae_encoder": "vae_encoder.onnx", "vae_decoder": "vae_decoder.onnx"}
 FUSED_FILE = "denoiser.fused.onnx"  # the same denoiser with onnxruntime's fused Attention (fused_attention.py)
 DENOISER_DATA = "denoiser.data"  # the weights of both denoiser graphs, each tensor once (shared_weights.py)
-PREDICTION_TYPES = ("epsilon", "v")
-VARIANCE_TYPES = ("learned_range", "fixed_small")
 VAE_MAX_BATCH = 64
 
 
@@ -62,6 +61,15 @@ def bundle_owned(bundle_dir: str | os.PathLike):
     return lambda entry: entry.name == MANIFEST or entry.name in listed
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """A new bundle's folder must not lie inside another bundle: that bundle would then hold files its manifest
+    does not list (and replacing a folder of it could take its files)."""
+    for parent in out_dir.resolve().parents:
+        if (parent / MANIFEST).is_file():
+            raise InputError(f"bundle folder {str(out_dir)!r} lies inside bundle {str(parent)!r}; write a bundle "
+                             "beside other bundles, not inside one")
+
+
 def read_manifest(bundle_dir: str | os.PathLike) -> dict:
     """The raw manifest.json of a bundle folder, for tools that amend it (verify, quantize), read by the runtime's
     bounded reader (size cap, UTF-8 JSON object, typed errors)."""
@@ -71,22 +79,30 @@ def read_manifest(bundle_dir: str | os.PathLike) -> dict:
     return _manifest.read_manifest(path)
 
 
-def write_manifest(bundle_dir: str | os.PathLike, manifest: dict) -> Path:
-    """Fill manifest["files"] (sha256 + size of every stage file, its external data and those already listed),
-    then write manifest.json atomically. Reuse it after adding a file (e.g. an "int8" denoiser)."""
+def amend_manifest(bundle_dir: str | os.PathLike) -> dict:
+    """The manifest of an existing bundle a command is about to add files to (quantize, fp16): loaded as the runtime
+    loads it, every listed file's sha256 checked first, so a command never builds on, nor re-lists, a file that
+    is not what the manifest says. A copy: the caller edits it and hands it to write_manifest."""
+    return copy.deepcopy(Bundle.load(bundle_dir, verify=True).manifest)
+
+
+def write_manifest(bundle_dir: str | os.PathLike, manifest: dict, *, written=frozenset()) -> Path:
+    """Fill manifest["files"] and write manifest.json atomically. Hashed from disk: every file the manifest does
+    not list yet (all of them for a new bundle) and the files named in `written` (this command wrote them) with
+    their external data; a file already listed keeps its entry, never re-hashed from what is on disk now."""
     bundle_dir = Path(bundle_dir)
-    names = set(manifest.get("files", {}))
+    files = dict(manifest.get("files", {}))
+    names = set()
     for stage in manifest["stages"].values():
         for name in (*stage["files"].values(), *stage.get("fused", {}).values()):
             names.add(name)
             names.update(external_data_files(bundle_dir / name) if name.endswith(".onnx") else ())
-    files = {}
-    for name in sorted(names):
+    for name in sorted(name for name in names | set(written) if name not in files or name in written):
         path = bundle_dir / name
         if not path.is_file():
             raise FileNotFoundError(f"bundle file {name!r} listed in the manifest is missing from {bundle_dir}")
         files[name] = {"sha256": hash_file(path), "size": path.stat().st_size}
-    manifest["files"] = files
+    manifest["files"] = dict(sorted(files.items()))
     with atomic_path(bundle_dir / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return bundle_dir / MANIFEST
@@ -194,6 +210,7 @@ def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name:
     (stages.denoiser.fused); the denoiser graphs keep their weights in one shared file, DENOISER_DATA.
     `sampling` ({"sampler", "steps", "eta"?, "note"?}) is the bundle's recommended sampler. Returns `out_dir`."""
     out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     f = downsample_factor(vae)
     if image_size != vdt.config.input_size * f:
         raise InputError(f"image_size={image_size} does not fit the model: input_size {vdt.config.input_size} × "

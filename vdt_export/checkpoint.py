@@ -1,14 +1,12 @@
-"""VDT weights: load and save state_dicts, infer the config from tensor shapes, randomise for tests."""
+"""VDT weights: load and save state_dicts, infer the config from tensor shapes, load them checked."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import pickle
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -103,57 +101,6 @@ def save_state_dict(model: nn.Module | Mapping[str, torch.Tensor], path: str | o
     return path
 
 
-def save_checkpoint_folder(folder: str | os.PathLike, vdt: VDT, vae: nn.Module, *, scale_factor: float,
-                           diffusion: Mapping, training: Mapping | None = None) -> Path:
-    """The torch twin of a bundle: vdt.safetensors, vae.safetensors, vdt_config.json, vae_config.json,
-    scale.json ({"scale_factor", "diffusion"}) and, if given, training.json (the manifest's provenance); the PyTorch
-    reference benchmark and `vdt-export onnx --checkpoint FOLDER` load exactly this (load_checkpoint_folder)."""
-    folder = Path(folder)
-    save_state_dict(vdt, folder / "vdt.safetensors")
-    save_state_dict(vae, folder / "vae.safetensors")
-    vae_config = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(vae.config).items() if not k.startswith("_")}
-    blobs = [("vdt_config.json", vdt.config.to_dict()), ("vae_config.json", vae_config),
-             ("scale.json", {"scale_factor": float(scale_factor), "diffusion": dict(diffusion)})]
-    if training is not None:
-        blobs.append(("training.json", dict(training)))
-    for name, blob in blobs:
-        with atomic_path(folder / name) as tmp:
-            tmp.write_text(json.dumps(blob, indent=1) + "\n", encoding="utf-8")
-    return folder
-
-
-@dataclass
-class CheckpointFolder:
-    """What save_checkpoint_folder wrote: both models, the latent scale, the diffusion config, the provenance."""
-
-    vdt: VDT
-    vae: nn.Module
-    scale_factor: float
-    diffusion: dict
-    training: dict
-
-
-def load_checkpoint_folder(folder: str | os.PathLike, *, max_frames: int | None = None) -> CheckpointFolder:
-    """Read a folder written by save_checkpoint_folder (e.g. checkpoints/default); CheckpointError if incomplete."""
-    from .vae import load_vae
-
-    folder = Path(folder)
-    missing = [n for n in ("vdt.safetensors", "vae.safetensors", "vdt_config.json", "vae_config.json", "scale.json")
-               if not (folder / n).is_file()]
-    if missing:
-        raise CheckpointError(f"checkpoint folder {str(folder)!r} lacks {', '.join(missing)} "
-                              f"(expected a folder written by save_checkpoint_folder)")
-    meta = json.loads((folder / "scale.json").read_text(encoding="utf-8"))
-    heads = json.loads((folder / "vdt_config.json").read_text(encoding="utf-8"))["num_heads"]
-    training = folder / "training.json"
-    return CheckpointFolder(
-        vdt=load_vdt(folder / "vdt.safetensors", num_heads=heads, max_frames=max_frames),
-        vae=load_vae(folder / "vae.safetensors", folder / "vae_config.json"),
-        scale_factor=float(meta["scale_factor"]), diffusion=dict(meta["diffusion"]),
-        training=json.loads(training.read_text(encoding="utf-8")) if training.is_file() else {},
-    )
-
-
 def infer_config(state_dict: Mapping[str, torch.Tensor], name: str | None = None, **overrides) -> VDTConfig:
     """A VDTConfig from tensor shapes; heads come from `name` (or the named config with that hidden size)."""
     for key in REQUIRED_KEYS:
@@ -244,25 +191,3 @@ def load_checked_(module: nn.Module, state: Mapping[str, torch.Tensor], what: st
                                   f"expects {tuple(want.shape)}")
     module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return module.eval()
-
-
-@torch.no_grad()
-def randomize_(module: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:
-    """Overwrite every trainable parameter with seeded noise so no layer is zero (parity tests, benchmarks).
-
-    Weights get N(0, 1/fan_in) (variance preserving); norm scales 1 + N(0, std²); biases N(0, std²).
-    Frozen tables (pos_embed, time_embed: fixed sin-cos) are left as they are.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
-        if param.ndim >= 2:
-            value = noise / math.sqrt(param[0].numel())
-        elif name.endswith("weight"):
-            value = 1.0 + std * noise
-        else:
-            value = std * noise
-        param.copy_(value)
-    return module

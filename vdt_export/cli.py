@@ -5,12 +5,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from vdt_runtime.cli import run_guarded
+from vdt_runtime.backends.trt_engines import PRECISIONS as TRT_PRECISIONS
+from vdt_runtime.bundle import STAGES
+from vdt_runtime.cli_support import run_guarded
 from vdt_runtime.errors import VDTError
+from vdt_runtime.settings import PREDICTION_TYPES, VARIANCE_TYPES
 
-from .models import CONFIGS, VDT, VDTConfig, config_from_name
+from .models import CONFIGS, VDT, config_from_name
+from .sources import TINY
 
-TINY = "tiny"
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -36,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--num-frames", type=int, help="trained frames of a --random-init model (default: config)")
     onnx.add_argument("--max-frames", type=int, help="exported maximum T (≥ num_frames; extends the sin-cos table)")
     onnx.add_argument("--max-batch", type=int, default=16, help="largest batch in the manifest (default 16)")
-    onnx.add_argument("--prediction-type", choices=["epsilon", "v"],
+    onnx.add_argument("--prediction-type", choices=PREDICTION_TYPES,
                       help="default: a checkpoint folder's, else epsilon")
-    onnx.add_argument("--variance-type", choices=["learned_range", "fixed_small"],
+    onnx.add_argument("--variance-type", choices=VARIANCE_TYPES,
                       help="default: learned_range when the model outputs 2C channels, else fixed_small")
     onnx.add_argument("--scale-factor", type=float,
                       help="VAE latent scale (default: a checkpoint folder's, else the VAE config's, 0.18215 for SD)")
@@ -66,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     trt = sub.add_parser("trt", help="build TensorRT engines for a bundle into the engine cache (needs a GPU)")
     trt.add_argument("bundle", type=Path)
-    trt.add_argument("--precision", action="append", choices=["fp32", "fp16"],
+    trt.add_argument("--precision", action="append", choices=TRT_PRECISIONS,
                      help="repeat for several (default: every precision the bundle has an ONNX for)")
-    trt.add_argument("--stage", action="append", choices=["denoiser", "vae_encoder", "vae_decoder"],
+    trt.add_argument("--stage", action="append", choices=STAGES,
                      help="repeat for several (default: all three)")
     trt.add_argument("--frame-buckets", default="", help="denoiser profiles per frame bucket, e.g. 4,8,16")
     trt.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace limit (default 4)")
@@ -89,28 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _vae(args, seed: int):
-    from .checkpoint import randomize_
-    from .vae import build_vae, load_vae, read_vae_config, tiny_vae_config
+    from .sources import vae_source
 
-    config = tiny_vae_config() if args.vae_config == TINY else args.vae_config
-    if args.vae is not None:
-        return load_vae(args.vae, config)
-    if config is not None:
-        return randomize_(build_vae(read_vae_config(config)), seed)
-    return None
-
-
-def _random_vdt(config: VDTConfig, max_frames: int | None, seed: int) -> VDT:
-    from .checkpoint import randomize_
-
-    return randomize_(VDT(config, max_frames=max_frames), seed).eval()
+    return vae_source(args.vae, args.vae_config, seed)
 
 
 def _cmd_onnx(args) -> int:
-    from vdt_runtime.samplers import parse_sampling
+    from vdt_runtime.settings import parse_sampling
 
     from .bundle import export_bundle
-    from .checkpoint import load_checkpoint_folder, load_vdt
+    from .checkpoint import load_vdt
+    from .sources import load_checkpoint_folder, random_vdt
     from .vae import downsample_factor, latent_channels
 
     seed = args.random_init if args.random_init is not None else 0
@@ -125,7 +117,7 @@ def _cmd_onnx(args) -> int:
     if args.random_init is not None:
         frames = {} if args.num_frames is None else {"num_frames": args.num_frames}
         config = config_from_name(args.config or "VDT-S/2", in_channels=latent_channels(vae), **size, **frames)
-        vdt = _random_vdt(config, None, args.random_init)
+        vdt = random_vdt(config, None, args.random_init)
         source = {"source": "random-init", "seed": args.random_init}
     elif folder is not None and not size:
         vdt = folder.vdt
@@ -158,7 +150,8 @@ def _cmd_onnx(args) -> int:
 
 
 def _cmd_quantize(args) -> int:
-    from .quantize import precision_error, quantize_bundle
+    from .quantize import quantize_bundle
+    from .stage_error import precision_error
 
     path = quantize_bundle(args.bundle, mode=args.mode, calibration_batches=args.calibration_batches)
     err = precision_error(args.bundle)
@@ -172,26 +165,19 @@ def _bundle_models(args) -> tuple[VDT, object]:
     """(vdt, vae or None) for an existing bundle: its checkpoint (file or folder), or the random model it was
     exported from."""
     from .bundle import read_manifest
-    from .checkpoint import load_checkpoint_folder, load_vdt
+    from .sources import bundle_models
 
-    model = dict(read_manifest(args.bundle)["model"])
-    max_frames = model.pop("max_frames")
-    if args.random_init is not None:
-        return _random_vdt(VDTConfig(**model), max_frames, args.random_init), _vae(args, args.random_init + 1)
-    if args.checkpoint.is_dir():
-        folder = load_checkpoint_folder(args.checkpoint, max_frames=max_frames)
-        return folder.vdt, _vae(args, 1) or folder.vae
-    return load_vdt(args.checkpoint, max_frames=max_frames, interpolate_pos_embed=True, **model), _vae(args, 1)
+    return bundle_models(read_manifest(args.bundle)["model"], checkpoint=args.checkpoint, random_init=args.random_init,
+                         vae=args.vae, vae_config=args.vae_config)
 
 
 def _cmd_fp16(args) -> int:
     from .fp16 import add_fp16
-    from .quantize import precision_error
 
     vdt, vae = _bundle_models(args)
-    for path in add_fp16(args.bundle, vdt, vae, verbose=args.verbose):
-        stage = path.name.split(".")[0]
-        e = precision_error(args.bundle, precision="fp16", stage=stage)
+    errors: dict[str, dict] = {}
+    for path in add_fp16(args.bundle, vdt, vae, verbose=args.verbose, errors=errors):
+        e = errors[path.name.split(".")[0]]
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); fp16 vs fp32 on random inputs: max abs "
               f"{e['max_abs']:.3g} ({e['rel_max']:.2%} of max |fp32|), mean abs {e['mean_abs']:.3g} "
               f"({e['rel_mean']:.2%} of mean |fp32|), providers {e['providers']}")
@@ -205,7 +191,7 @@ def _cmd_trt(args) -> int:
 
     buckets = tuple(int(b) for b in args.frame_buckets.split(",") if b.strip())
     rows = build_bundle_engines(args.bundle, precisions=tuple(args.precision) if args.precision else None,
-                                stages=tuple(args.stage) if args.stage else ("denoiser", "vae_encoder", "vae_decoder"),
+                                stages=tuple(args.stage) if args.stage else STAGES,
                                 frame_buckets=buckets, cache_dir=args.cache_dir, device_id=args.device_id,
                                 force=args.force, workspace_gb=args.workspace_gb, tf32=args.tf32,
                                 version_compatible=args.version_compatible, hardware_compat=args.hardware_compat)

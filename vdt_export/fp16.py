@@ -29,11 +29,18 @@ import torch.nn as nn
 
 from vdt_runtime.errors import InputError
 
-from .bundle import _with_max_frames, read_manifest, write_manifest
+from .bundle import _with_max_frames, amend_manifest, write_manifest
 from .models import VDT, Attention
 from .onnx_export import export_denoiser, export_vae_decoder, export_vae_encoder
+from .stage_error import stage_error
 
 PRECISION = "fp16"
+# The most an fp16 stage may differ from the bundle's fp32 stage on random inputs (stage_error, relative to the fp32
+# output's mean / max |value|) before it is refused as made from other weights. Measured fp16 rounding, onnxruntime
+# CPU (BENCHMARKS.md §6): at most 0.08 % mean / 0.23 % max (default model, random VDT-S/2, tiny VAE); the weights of
+# another model (`--random-init 0` into engines/default): 146 % mean / 130 % max. The bounds leave ~10x margin
+# above the first and stay ~100x below the second.
+TOLERANCE = {"rel_mean": 0.01, "rel_max": 0.05}
 FILES = {"denoiser": "denoiser.fp16.onnx", "vae_encoder": "vae_encoder.fp16.onnx",
          "vae_decoder": "vae_decoder.fp16.onnx"}
 
@@ -104,12 +111,14 @@ def half_vae(vae: nn.Module) -> nn.Module:
 
 
 def add_fp16(bundle_dir: str | os.PathLike, vdt: VDT, vae: nn.Module | None = None, *,
-             verbose: bool = False) -> list[Path]:
+             verbose: bool = False, errors: dict | None = None) -> list[Path]:
     """Export the FP16 denoiser (and VAE encoder/decoder when `vae` is given) of the bundle's model into the
     bundle, list them as stages.<stage>.files["fp16"] and rewrite the manifest; returns the written paths.
-    `vdt` / `vae` must be the models the bundle was exported from (checked on the manifest's model config)."""
+    `vdt` / `vae` must be the models the bundle was exported from: checked on the manifest's model config, then
+    each staged fp16 file against the bundle's fp32 file (TOLERANCE), before anything is written. `errors`, when
+    given, receives each stage's stage_error."""
     bundle_dir = Path(bundle_dir)
-    manifest = read_manifest(bundle_dir)
+    manifest = amend_manifest(bundle_dir)
     model = manifest["model"]
     for key, value in vdt.config.to_dict().items():
         if key in model and model[key] != value:
@@ -129,9 +138,20 @@ def add_fp16(bundle_dir: str | os.PathLike, vdt: VDT, vae: nn.Module | None = No
                 staged[stage] = export(hv, Path(tmp) / FILES[stage], image_size=image_size, scale_factor=scale,
                                        verbose=verbose)
         for stage, path in staged.items():
+            spec = manifest["stages"][stage]
+            e = stage_error(spec, bundle_dir / spec["files"]["fp32"], path)
+            if e["rel_mean"] > TOLERANCE["rel_mean"] or e["rel_max"] > TOLERANCE["rel_max"]:
+                raise InputError(
+                    f"the fp16 {stage} made from the weights given differs from the fp32 {stage} of bundle "
+                    f"{str(bundle_dir)!r} by {e['rel_mean']:.1%} (mean) / {e['rel_max']:.1%} (max) on random "
+                    f"inputs; fp16 rounding allows {TOLERANCE['rel_mean']:.0%} / {TOLERANCE['rel_max']:.0%}: these are not the "
+                    "weights the bundle was exported from (nothing was written)")
+            if errors is not None:
+                errors[stage] = e
+        for stage, path in staged.items():
             target = bundle_dir / path.name
             os.replace(path, target)
             manifest["stages"][stage]["files"][PRECISION] = path.name
             written.append(target)
-    write_manifest(bundle_dir, manifest)
+    write_manifest(bundle_dir, manifest, written={path.name for path in written})
     return written

@@ -15,16 +15,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 
 from vdt_runtime.errors import BundleError, InputError
 
-from .bundle import MANIFEST, read_manifest, write_manifest
+from .bundle import amend_manifest, write_manifest
+from .stage_error import CalibrationReader
 
 INT8_FILE = "denoiser.int8.onnx"
 MODES = ("dynamic", "static")
@@ -36,7 +36,7 @@ def quantize_bundle(bundle_dir: str | os.PathLike, *, mode: str = "dynamic", cal
     if mode not in MODES:
         raise InputError(f"unknown quantization mode {mode!r}; choose one of {', '.join(MODES)}")
     bundle_dir = Path(bundle_dir)
-    manifest = _read_manifest(bundle_dir)
+    manifest = amend_manifest(bundle_dir)  # every listed file checked: nothing corrupt is quantized or re-listed
     stage = manifest["stages"]["denoiser"]
     fused = "fp32" in stage.get("fused", {})
     fp32 = bundle_dir / (stage["fused"]["fp32"] if fused else stage["files"].get("fp32", ""))
@@ -52,7 +52,7 @@ def quantize_bundle(bundle_dir: str | os.PathLike, *, mode: str = "dynamic", cal
             if mode == "dynamic":
                 _dynamic(clean, out, op_types)
             else:
-                _static(clean, out, _CalibrationReader(stage, calibration_batches, seed), op_types)
+                _static(clean, out, CalibrationReader(stage, calibration_batches, seed), op_types)
         onnx.checker.check_model(str(out))
         os.replace(out, target)
     stage["files"]["int8"] = INT8_FILE
@@ -60,46 +60,17 @@ def quantize_bundle(bundle_dir: str | os.PathLike, *, mode: str = "dynamic", cal
                                                       "weights": "int8 per channel",
                                                       "activations": "uint8 (per call)" if mode == "dynamic"
                                                       else "uint8 (calibrated on random latents)"}
-    write_manifest(bundle_dir, manifest)
+    write_manifest(bundle_dir, manifest, written={INT8_FILE})
     return target
-
-
-def precision_error(bundle_dir: str | os.PathLike, *, precision: str = "int8", stage: str = "denoiser",
-                    trials: int = 4, seed: int = 0) -> dict:
-    """How far a stage's `precision` file is from its fp32 file on the same random stage-shaped inputs (CPU):
-    max / mean abs difference, the fp32 output's max / mean |value|, their ratios (rel_max, rel_mean) and the
-    providers that really ran."""
-    import onnxruntime as ort
-
-    bundle_dir = Path(bundle_dir)
-    spec = _read_manifest(bundle_dir)["stages"][stage]
-    if precision not in spec["files"]:
-        raise InputError(f"bundle has no {precision!r} {stage}; available: {sorted(spec['files'])}")
-    sessions = {p: ort.InferenceSession(str(bundle_dir / spec["files"][p]), providers=["CPUExecutionProvider"])
-                for p in ("fp32", precision)}
-    reader = _CalibrationReader(spec, trials, seed)
-    worst, total, count, ref_mean, ref_max = 0.0, 0.0, 0, 0.0, 0.0
-    while (feed := reader.get_next()) is not None:
-        ref = sessions["fp32"].run(None, feed)[0]
-        diff = np.abs(sessions[precision].run(None, feed)[0] - ref)
-        worst, total, count = max(worst, float(diff.max())), total + float(diff.sum()), count + diff.size
-        ref_mean, ref_max = ref_mean + float(np.abs(ref).mean()) / trials, max(ref_max, float(np.abs(ref).max()))
-    mean = total / count
-    return {"max_abs": worst, "mean_abs": mean, "fp32_mean_abs": ref_mean, "fp32_max_abs": ref_max,
-            "rel_max": worst / ref_max, "rel_mean": mean / ref_mean, "providers": sessions[precision].get_providers()}
-
-
-def _read_manifest(bundle_dir: Path) -> dict:
-    manifest = read_manifest(bundle_dir)
-    if "denoiser" not in manifest.get("stages", {}):
-        raise BundleError(f"{bundle_dir / MANIFEST} has no stages.denoiser")
-    return manifest
 
 
 def _without_value_info(src: Path, dst: Path) -> None:
     """Copy of the model with its intermediate value_info dropped: the exporter's stored shapes disagree with
     onnx shape inference on some nodes, which makes the quantizer's own inference pass fail."""
-    model = onnx.load(str(src))
+    try:
+        model = onnx.load(str(src))
+    except DecodeError as e:
+        raise BundleError(f"{src.name} is not a readable ONNX model ({e})") from None
     del model.graph.value_info[:]
     onnx.save(model, str(dst))
 
@@ -133,33 +104,3 @@ def _static(src: Path, dst: Path, reader, op_types: list[str]) -> None:
     quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     per_channel=True, extra_options=_EXTRA)
-
-
-class _CalibrationReader:
-    """onnxruntime CalibrationDataReader: `batches` random feeds shaped like a stage's declared inputs (batch 1,
-    other dynamic axes at their declared opt): standard-normal latents, images uniform in [-1, 1], timesteps
-    spread over 0…999."""
-
-    def __init__(self, stage: dict, batches: int, seed: int):
-        rng = np.random.default_rng(seed)
-        axes = {name: 1 if name == "batch" else r["opt"] for name, r in stage["dynamic_axes"].items()}
-        shapes = {s["name"]: [axes.get(d, d) if isinstance(d, str) else d for d in s["shape"]] for s in stage["inputs"]}
-        self._feeds = iter([{name: _random_input(rng, name, shape, t) for name, shape in shapes.items()}
-                            for t in np.linspace(0, 999, batches).round()])
-
-    def get_next(self) -> dict | None:
-        return next(self._feeds, None)
-
-
-def _random_input(rng: np.random.Generator, name: str, shape: list[int], t: float) -> np.ndarray:
-    if name == "timestep":
-        return np.full(shape, t, np.float32)
-    if name == "images":
-        return rng.uniform(-1.0, 1.0, shape).astype(np.float32)
-    return rng.standard_normal(shape, dtype=np.float32)
-
-
-if __name__ == "__main__":
-    from .cli import main
-
-    sys.exit(main(["quantize", *sys.argv[1:]]))

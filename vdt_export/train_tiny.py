@@ -230,7 +230,7 @@ def main(argv=None):
         train_vdt(args.out, latents, scale, args.minutes, args.batch, args.seed, args.lr)
         return
     from vdt_export.bundle import export_bundle
-    from vdt_export.checkpoint import save_checkpoint_folder
+    from vdt_export.sources import save_checkpoint_folder
 
     state = torch.load(args.out / "vdt.pt", weights_only=False)
     model = VDT(VDT_CONFIG)

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .bundle import hash_file, read_manifest
+from vdt_runtime.bundle import Bundle
+from vdt_runtime.errors import BundleError
+
 from .models import VDT
 from .vae import VAEDecoder, VAEEncoder
 
@@ -82,14 +84,11 @@ def verify_bundle(bundle_dir: str | os.PathLike, vdt: VDT, vae: nn.Module | None
                   seed: int = 0) -> Report:
     """Compare every stage of the bundle against the torch modules; the VAE stages are skipped without `vae`."""
     bundle_dir = Path(bundle_dir)
-    manifest = read_manifest(bundle_dir)
     report = Report(tol=tol)
-    for name, entry in manifest["files"].items():
-        if not (bundle_dir / name).is_file():
-            report.problems.append(f"file {name!r} is missing")
-        elif hash_file(bundle_dir / name) != entry["sha256"]:
-            report.problems.append(f"file {name!r} does not match its sha256 in the manifest")
-    if report.problems:
+    try:  # the runtime's own load: schema, files, graphs and every sha256
+        manifest = Bundle.load(bundle_dir, verify=True).manifest
+    except BundleError as e:
+        report.problems.append(str(e))
         return report
     rng = np.random.default_rng(seed)
     stages = manifest["stages"]

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from vdt_runtime.checks import check_int
 from vdt_runtime.errors import BackendError, InputError, VDTError
 from vdt_runtime.limits import shorten
 from vdt_runtime.requests import Request
-from vdt_runtime.schedule import _check_int
 from vdt_runtime.storage import Folder
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".png")  # clips: one file each
@@ -173,13 +173,13 @@ def run_folder(input_dir, output_dir, *, bundle=None, backend: str = "auto", pre
         raise BackendError(f"batch jobs need Ray Data: pip install 'vdt[ray]' ({e})") from None
     from vdt_runtime.video import check_fps
 
-    actors = _check_int("actors", actors, 1, None)
-    cpus_per_actor = _check_int("CPUs per actor (threads)", cpus_per_actor, 1, None)
-    batch_size = _check_int("batch_size", batch_size, 1, None)
+    actors = check_int("actors", actors, 1, None)
+    cpus_per_actor = check_int("CPUs per actor (threads)", cpus_per_actor, 1, None)
+    batch_size = check_int("batch_size", batch_size, 1, None)
     if not isinstance(gpus_per_actor, (int, float)) or isinstance(gpus_per_actor, bool) or not gpus_per_actor >= 0:
         raise InputError(f"GPUs per actor must be a number >= 0, got {shorten(gpus_per_actor)}")
     if num_cpus is not None:
-        num_cpus = _check_int("num_cpus", num_cpus, 1, None)
+        num_cpus = check_int("num_cpus", num_cpus, 1, None)
     check_fps(fps)
     src, out = _folder(input_dir), _folder(output_dir)
     rows = clip_rows(src, out, suffix=suffix, seed=seed, mask=mask, **request)

@@ -2,39 +2,24 @@
 from __future__ import annotations
 
 import argparse
-import os
+import re
 import statistics
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from vdt_runtime.backends import CHOICES, PRECISIONS
+from vdt_runtime.backends import CHOICES
 from vdt_runtime.bundle import Bundle
-from vdt_runtime.errors import InputError, VDTError
-from vdt_runtime.limits import MAX_DECODED_PIXELS, shorten
-from vdt_runtime.requests import ROLLOUT, TASKS, Request
-from vdt_runtime.samplers import SAMPLERS
+from vdt_runtime.checks import check_int
+from vdt_runtime.cli_support import one_line, run_guarded
+from vdt_runtime.errors import InputError
+from vdt_runtime.requests import PARAMS, ROLLOUT, TASKS, Request, parse_params
+from vdt_runtime.settings import PRECISIONS, SAMPLERS
+from vdt_runtime.video import MAX_FPS, MIN_FPS
 
 CLI_TASKS = TASKS + (ROLLOUT,)
-_TASK_ARGS = ("cond", "total", "stride", "given", "box", "box_frames", "window")  # flag -> Request field
-_MAX_MASK_BYTES = 8 * MAX_DECODED_PIXELS  # a float64 pixel mask of the largest input, plus its header
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _box(text: str) -> tuple[int, int, int, int]:
-    values = _int_list(text)
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"expected y0,x0,y1,x1 (4 integers), got {text!r}")
-    return tuple(values)
-
+_FLAGS = tuple(name for name in PARAMS if name not in ("task", "seed"))  # --flag per Request wire parameter
 
 def _option(text: str) -> tuple[str, object]:
     """KEY=VALUE for a backend option; VALUE true/false → bool, digits → int, none → None, else the string."""
@@ -55,8 +40,13 @@ def _option(text: str) -> tuple[str, object]:
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors whose echoed values are cut (the usage text stays in --help)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # a value such as "-1,0,8,8" (a box) is a value, not a flag, like "-1" already is: Request refuses it by range
+        self._negative_number_matcher = re.compile(r"^-\d+(,-?\d+)*$|^-\d*\.\d+$")
+
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {_one_line(message, 300)}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message, 300)}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,22 +69,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="option fused=false: the standard-operator denoiser even where the bundle has an "
                              "onnxruntime-fused one")
 
-    def task_args(sp):
+    def task_args(sp):  # the Request's wire parameters as flags; Request.from_params parses and checks them
         sp.add_argument("--task", required=True, choices=CLI_TASKS)
-        sp.add_argument("--cond", type=int, help="given frames (predict, backward, rollout)")
-        sp.add_argument("--total", type=int, help="output frames")
-        sp.add_argument("--stride", type=int, help="keyframe spacing (interpolate)")
-        sp.add_argument("--given", type=_int_list, help="given frame indices, e.g. 0,3,5 (complete)")
-        sp.add_argument("--box", type=_box, help="pixel box y0,x0,y1,x1 to regenerate (inpaint)")
-        sp.add_argument("--box-frames", type=_int_list, help="frames the box applies to (inpaint; default all)")
+        for name in _FLAGS:
+            kind, help = PARAMS[name]
+            shape = {"choices": list(SAMPLERS)} if name == "sampler" else {"metavar": kind.upper()}
+            sp.add_argument("--" + name.replace("_", "-"), dest=name, help=help, **shape)
         sp.add_argument("--mask", type=Path, help=".npy mask, 1 = generate, latent or pixel size (inpaint)")
-        sp.add_argument("--window", type=int, help="frames per window (rollout; default max_frames)")
-        sp.add_argument("--sampler", choices=list(SAMPLERS),
-                        help="default: the bundle's recommended sampler (vdt info shows it; else ddpm)")
-        sp.add_argument("--steps", type=int,
-                        help="denoiser calls (default: the bundle's recommendation for its sampler, else 50)")
-        sp.add_argument("--eta", type=float, help="noise level for ddim and dpmpp: 0 = deterministic, "
-                        "1 = DDPM-like / DPM-Solver++ SDE (default: the recommendation's, else 0)")
 
     r = sub.add_parser("run", help="generate a video for a task")
     r.add_argument("--input", type=Path, help="video file, image or PNG folder (not needed for unconditional)")
@@ -102,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--bundle", type=Path, default=None, help="bundle folder or installed name (default: default)")
     task_args(r)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--fps", type=float, default=8)
+    r.add_argument("--fps", type=float, default=8, help=f"frames per second of --out, {MIN_FPS:g}..{MAX_FPS} (default 8)")
     r.add_argument("--timings", action="store_true", help="print per-stage seconds")
     r.add_argument("--no-progress", action="store_true")
     backend_args(r)
@@ -159,40 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     return run_guarded(lambda: commands[args.command](args))
 
 
-def run_guarded(command, expected: tuple[type[BaseException], ...] = (VDTError,)) -> int:
-    """Run a CLI command under the CLIs' error contract (`vdt` and `vdt-export`): an `expected` (typed) error
-    prints one `error: ...` line and returns 2; Ctrl-C returns 130; anything else is a bug, printed as one
-    `error: internal error ...` line with status 1, or re-raised with its traceback when VDT_TRACEBACK=1.
-    Warnings print as one `warning: ...` line each."""
-    with warnings.catch_warnings():
-        warnings.showwarning = lambda msg, cat, *a, **k: print(f"warning: {_one_line(msg)}", file=sys.stderr)
-        try:
-            return command()
-        except expected as e:
-            print(f"error: {_one_line(e)}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            return 130
-        except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
-            if os.environ.get("VDT_TRACEBACK") == "1":
-                raise
-            print(f"error: internal error ({type(e).__name__}): {_one_line(e)} -- please report this with the "
-                  "command that caused it (VDT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-            return 1
-
-
-def _one_line(message, limit: int = 1000) -> str:
-    """A message on one line, at most `limit` characters."""
-    text = " ".join(str(message).split())
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _load(args, *, verify: bool = False):
+def _load(args, bundle=None, *, verify: bool = False):
     from vdt_runtime.pipeline import Pipeline
 
-    return Pipeline.load(args.bundle, backend=args.backend, precision=args.precision, options=_options(args),
-                         verify=verify, vae_slice=args.vae_slice)
+    return Pipeline.load(args.bundle if bundle is None else bundle, backend=args.backend, precision=args.precision,
+                         options=_options(args), verify=verify, vae_slice=args.vae_slice)
 
 
 def _options(args) -> dict:
@@ -209,26 +161,23 @@ def _options(args) -> dict:
 
 
 def _run(args) -> int:
-    """Flags → one Request (which checks them) → the pipeline. Every check that needs no backend comes first:
-    the bundle, the output path (never the input, never inside the bundle), fps, the mask, the input's size."""
-    from vdt_runtime.video import check_fps, check_output_path, read_video, write_video
+    """Flags → one Request (which parses and checks them) → the pipeline. Every check that needs no backend comes
+    first: the bundle, the output path (never the input, never inside the bundle), fps, the mask, the request."""
+    from vdt_runtime.video import check_fps, check_output_path, read_mask, write_video
 
     bundle = Bundle.load(args.bundle)
     protect = {"input": args.input, "bundle": bundle.path}
     check_output_path(args.out, protect=protect)
     check_fps(args.fps)
-    task, mask = _task_and_mask(args)
-    frames = None if args.input is None else read_video(args.input, max_frames=bundle.max_frames,
-                                                        size=(bundle.image_size,) * 2)
-    flags = {f: getattr(args, f) for f in _TASK_ARGS if getattr(args, f) is not None}
-    sampling = dict(steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed)
-    request = Request(task=task, mask=mask, frames=frames, **sampling, **flags)
-    pipe = _load(args)
+    mask = None if args.mask is None else read_mask(args.mask)
+    request = Request.from_params(_params(args, seed=args.seed), frames=args.input, mask=mask)
+    streamed = request.task == ROLLOUT  # streamed: one window in memory at a time, whatever --total
+    request.plan(bundle, streamed=streamed)  # refused here, before a backend loads
+    pipe = _load(args, bundle)
     if pipe.chosen:
         print(f"chosen     {pipe.chosen}")
-    if task == ROLLOUT:  # streamed: one window in memory at a time, whatever --total
-        stream = pipe.rollout_stream(frames, request.total, request.cond, request.window, timings=args.timings,
-                                     **sampling)
+    if streamed:
+        stream = pipe.stream(request, timings=args.timings)
         out = write_video(args.out, stream, fps=args.fps, protect=protect)
         print(f"wrote {out} ({request.total} frames {bundle.image_size}x{bundle.image_size}; denoiser on "
               f"{', '.join(pipe.providers['denoiser'])})")
@@ -242,15 +191,19 @@ def _run(args) -> int:
     return 0
 
 
+def _params(args, **extra) -> dict:
+    """The Request wire parameters the command line gave (flags left out are None: unset)."""
+    return {"task": args.task, **{name: getattr(args, name) for name in _FLAGS}, **extra}
+
+
 def _serve(args) -> int:
-    from vdt_runtime.schedule import _check_int
     from vdt_runtime.serve import MODEL, serve
 
     pipe = _load(args)
     endpoints = f"http://{args.host}:{args.http_port} and grpc {args.host}:{args.grpc_port}"
     serve(pipe, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
           max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, verbose=args.verbose,
-          exit_timeout_s=_check_int("--exit-timeout-s", args.exit_timeout_s, 0, 3600),
+          exit_timeout_s=check_int("--exit-timeout-s", args.exit_timeout_s, 0, 3600),
           ready=lambda: print(f"serving model {MODEL!r} ({pipe.bundle.name}) on {endpoints}; health "
                               f"http://{args.host}:{args.http_port}/v2/health/ready, metrics "
                               f"http://{args.host}:{args.metrics_port}/metrics", flush=True))
@@ -261,14 +214,16 @@ def _serve(args) -> int:
 def _batch(args) -> int:
     from vdt_runtime.batch import run_folder
 
-    task, mask = _task_and_mask(args)
-    flags = {f: getattr(args, f) for f in _TASK_ARGS if getattr(args, f) is not None}
+    from vdt_runtime.video import read_mask
+
+    mask = None if args.mask is None else read_mask(args.mask)
+    request = parse_params(_params(args), mask=mask)  # typed Request fields every row shares
     options = _options(args)
     rows = run_folder(args.inputs, args.outputs, bundle=args.bundle, backend=args.backend, precision=args.precision,
                       options=options, actors=args.actors, cpus_per_actor=options.get("threads", 1),
                       gpus_per_actor=args.gpus_per_actor, num_cpus=args.num_cpus, address=args.address,
-                      batch_size=args.batch_size, suffix=args.suffix, seed=args.seed,
-                      fps=args.fps, task=task, mask=mask, steps=args.steps, sampler=args.sampler, eta=args.eta, **flags)
+                      batch_size=args.batch_size, suffix=args.suffix, seed=args.seed, fps=args.fps, mask=mask,
+                      **request)
     failed = [r for r in rows if r["error"]]
     for r in failed:
         print(f"error: {r['input']}: {r['error']}", file=sys.stderr)
@@ -281,33 +236,15 @@ def _print_timings(timings: dict[str, float]) -> None:
         print(f"  {stage:<12} {seconds:8.3f} s")
 
 
-def _task_and_mask(args) -> tuple[str | None, np.ndarray | None]:
-    """(task, None), or (None, the --mask array) for --task inpaint --mask: a user mask replaces the task."""
-    if args.mask is None:
-        return args.task, None
-    if args.task != "inpaint":
-        raise InputError(f"--mask is for --task inpaint (a user mask replaces the task), not --task {args.task}")
-    return None, _read_mask(args.mask)
-
-
-def _read_mask(path: Path) -> np.ndarray:
-    if path.suffix.lower() != ".npy":
-        raise InputError(f"--mask must be a .npy file, got {shorten(str(path))}")
-    if path.is_file() and path.stat().st_size > _MAX_MASK_BYTES:
-        raise InputError(f"mask {shorten(str(path))} has {path.stat().st_size} bytes; at most {_MAX_MASK_BYTES}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"cannot read mask {shorten(str(path))}: {shorten(str(e))}") from None
-
-
 def _info(args) -> int:
-    from vdt_runtime.backends import BACKENDS, available, runnable
+    from vdt_runtime.backends import BACKENDS, available, machine, plan, runnable
 
     bundle = Bundle.load(args.bundle, verify=args.verify)
     print(bundle.describe())
     if args.verify:
         print(f"sha256     all {len(bundle.manifest['files'])} files match the manifest")
+    print(f"machine    {machine()}")
+    print(f"auto       {plan(bundle).chosen.replace('auto chose', 'chooses', 1)}")
     print("backends   precisions each can run for this bundle on this machine (default first)")
     for choice in BACKENDS:
         reason = available(choice)
@@ -326,9 +263,8 @@ def _precision_summary(can: dict[str, tuple[str, ...]]) -> str:
 
 
 def _bench(args) -> int:
-    from vdt_runtime.schedule import _check_int
 
-    repeat = _check_int("--repeat", args.repeat, 1, None)
+    repeat = check_int("--repeat", args.repeat, 1, None)
     pipe = _load(args)
     bundle = pipe.bundle
     frames_total = bundle.num_frames

@@ -9,7 +9,7 @@ import numpy as np
 from vdt_runtime._arrays import as_array
 from vdt_runtime.errors import InputError
 from vdt_runtime.limits import shorten
-from vdt_runtime.schedule import _check_int
+from vdt_runtime.checks import check_int
 
 
 def user_mask(mask, total: int, latent_hw: tuple[int, int], image_hw: tuple[int, int] | None = None) -> np.ndarray:
@@ -17,7 +17,7 @@ def user_mask(mask, total: int, latent_hw: tuple[int, int], image_hw: tuple[int,
 
     A pixel-size mask is reduced per latent cell: the cell is generated if ANY of its pixels is 1.
     """
-    total = _check_int("total", total, 1, None)
+    total = check_int("total", total, 1, None)
     h, w = check_hw("latent_hw", latent_hw)
     m = _check_binary(mask)
     if m.ndim not in (3, 4) or m.shape[-3] != total:
@@ -57,7 +57,7 @@ def box_mask(total: int, hw: tuple[int, int], box, box_frames, image_hw) -> np.n
     (img_h, img_w), (fy, fx) = check_hw("image_hw", image_hw), _factors(hw, image_hw)
     if not isinstance(box, (tuple, list, np.ndarray)) or len(box) != 4:
         raise InputError(f"box must be 4 pixel coordinates (y0, x0, y1, x1), got {shorten(box)}")
-    y0, x0, y1, x1 = (_check_int("box coordinate", v, 0, None) for v in box)
+    y0, x0, y1, x1 = (check_int("box coordinate", v, 0, None) for v in box)
     if not (y0 < y1 <= img_h and x0 < x1 <= img_w):
         raise InputError(
             f"box {(y0, x0, y1, x1)} must be non-empty and inside the image: "
@@ -85,16 +85,24 @@ def _check_binary(mask) -> np.ndarray:
 
 
 def frame_indices(name: str, indices, total: int) -> tuple[int, ...]:
-    """Frame indices, each an integer in 0..total−1."""
+    """Frame positions: at least one, each an integer in 0..total−1, none twice (two frames for one position
+    would silently lose one; a position named twice means nothing more than once)."""
     if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
         raise InputError(f"{name} must be a sequence of frame indices in 0..{total - 1}, got {shorten(indices)}")
-    return tuple(_check_int(f"{name} index", i, 0, total - 1) for i in indices)
+    out = tuple(check_int(f"{name} index", i, 0, total - 1) for i in indices)
+    if not out:
+        raise InputError(f"{name} is empty; name at least one frame position in 0..{total - 1}")
+    seen: set[int] = set()
+    twice = sorted({i for i in out if i in seen or seen.add(i)})
+    if twice:
+        raise InputError(f"{name} names frame position(s) {twice} more than once; each position at most once")
+    return out
 
 
 def check_hw(name: str, hw) -> tuple[int, int]:
     if not isinstance(hw, (tuple, list)) or len(hw) != 2:
         raise InputError(f"{name} must be (height, width), got {shorten(hw)}")
-    return _check_int(f"{name} height", hw[0], 1, None), _check_int(f"{name} width", hw[1], 1, None)
+    return check_int(f"{name} height", hw[0], 1, None), check_int(f"{name} width", hw[1], 1, None)
 
 
 def _factors(latent_hw: tuple[int, int], image_hw) -> tuple[int, int]:

@@ -2,21 +2,20 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from vdt_runtime._arrays import as_array
-from vdt_runtime._xp import to_numpy
-from vdt_runtime.backends import Backend, open_backend, plan
-from vdt_runtime.bundle import STAGES, Bundle
-from vdt_runtime.errors import InputError
-from vdt_runtime.limits import DEFAULT_VAE_SLICE_PIXELS, MAX_ROLLOUT_FRAMES
-from vdt_runtime.requests import ROLLOUT, Plan, Request, as_frames
-from vdt_runtime.samplers import ETA_SAMPLERS, Sampling, get_sampler, per_item_normal
-from vdt_runtime.schedule import Schedule, _check_int, make_schedule
+from vdt_runtime import rollout
+from vdt_runtime.backends import Backend, plan
+from vdt_runtime.bundle import Bundle
+from vdt_runtime.checks import check_int as _check_int
+from vdt_runtime.errors import InputError, VDTError
+from vdt_runtime.limits import shorten
+from vdt_runtime.requests import ROLLOUT, Request, as_frames
+from vdt_runtime.runner import Runner
+from vdt_runtime.settings import Sampling
 from vdt_runtime.timing import Timer
 
 Frames = "np.ndarray | str | os.PathLike | None"
@@ -54,15 +53,6 @@ class RolloutStream:
         self._chunks.close()
 
 
-@dataclass(frozen=True)
-class _Sampling:
-    """A sampler with its schedule and options, shared by a batch."""
-
-    sample: Callable
-    schedule: Schedule
-    options: dict
-
-
 class Pipeline:
     """A bundle with one backend per stage. Build with `Pipeline.load(path)`.
 
@@ -85,14 +75,16 @@ class Pipeline:
         self.backends = backends
         self.backend = backend  # the backend choice that runs (auto resolved)
         self.chosen = chosen  # backend="auto": what it picked and why
+        self._runner = Runner(bundle, backends)
         self.vae_slice = vae_slice
-        self._enc, self._den, self._dec = backends["vae_encoder"], backends["denoiser"], backends["vae_decoder"]
+        self._enc, self._den, self._dec = self._runner.enc, self._runner.den, self._runner.dec
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, *, backend: str = "auto", precision: str | None = None,
+    def load(cls, path: str | os.PathLike | Bundle | None = None, *, backend: str = "auto", precision: str | None = None,
              options: Mapping[str, Any] | None = None, verify: bool = False,
              vae_slice: int | None = None) -> "Pipeline":
-        """Open a bundle (default: engines/default) on `backend`: auto | cpu | cuda | ort-tensorrt | openvino.
+        """Open a bundle (a folder, an installed name or an already loaded Bundle; default: engines/default) on
+        `backend`: auto | cpu | cuda | ort-tensorrt | openvino.
 
         `precision` is a compute precision (fp32 | fp16 | bf16 | int8) that runs on every stage able to run it
         (the others keep their default); None is the backend's lossless default. "auto" picks the fastest
@@ -103,17 +95,11 @@ class Pipeline:
         """
         if vae_slice is not None:
             _check_int("vae_slice", vae_slice, 1, None)
-        bundle = Bundle.load(path, verify=verify)
-        p = plan(bundle, backend, precision, options)
-        backends: dict[str, Backend] = {}
-        try:
-            for stage in STAGES:
-                backends[stage] = open_backend(bundle, stage, p.backend, p.precisions[stage], p.options)
-        except BaseException:
-            for b in backends.values():
-                b.close()
-            raise
-        return cls(bundle, backends, backend=p.backend, chosen=p.chosen, vae_slice=vae_slice)
+        bundle = path if isinstance(path, Bundle) else Bundle.load(path, verify=verify)
+        if verify and isinstance(path, Bundle):
+            bundle.verify()
+        p = plan(bundle, backend, precision, options)  # decided once; every stage opens from it
+        return cls(bundle, p.open_all(bundle), backend=p.backend, chosen=p.chosen, vae_slice=vae_slice)
 
     def close(self) -> None:
         """Release every stage's backend (idempotent); the pipeline cannot run afterwards."""
@@ -162,45 +148,23 @@ class Pipeline:
         """
         if isinstance(requests, Request):
             raise InputError("generate takes a list of Requests; wrap a single one in [...]")
+        if isinstance(requests, (str, bytes, dict)) or not isinstance(requests, Iterable):
+            raise InputError(f"generate takes a list of Requests, got {shorten(requests)}")
         requests = list(requests)
         for i, r in enumerate(requests):
             if not isinstance(r, Request):
                 raise InputError(f"requests[{i}] is a {type(r).__name__}, not a vdt_runtime.Request")
-        plans = [r.plan(self.bundle) for r in requests]
-        for p in plans:
-            if p.cond is not None and p.total > MAX_ROLLOUT_FRAMES:
-                raise InputError(f"rollout total={p.total} frames is above the maximum {MAX_ROLLOUT_FRAMES} returned "
-                                 "in memory; rollout_stream writes longer ones window by window")
-        samplings = {p.sampling: self._sampling(*p.sampling) for p in plans}
-        groups: dict[tuple, list[int]] = {}
-        for i, p in enumerate(plans):
-            groups.setdefault(p.batch_key, []).append(i)
-        cap = self.bundle.stage("denoiser").axis_max("batch") or len(plans) or 1
-        chunks = [idx[i: i + cap] for idx in groups.values() for i in range(0, len(idx), cap)]
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            steps = sum(plans[c[0]].sampling[1] * plans[c[0]].windows for c in chunks)
-            bar = tqdm(total=steps, desc="sampling", unit="step", leave=False)
-        results: list[Result | None] = [None] * len(plans)
-        try:
-            for chunk in chunks:
-                batch, timer = [plans[i] for i in chunk], Timer()
-                sampling = samplings[batch[0].sampling]
-                with timer.stage("total"):
-                    rngs = [np.random.default_rng(p.seed) for p in batch]
-                    if batch[0].cond is None:
-                        outs, masks = self._batch(batch, sampling, rngs, timer, bar), [p.mask for p in batch]
-                    else:
-                        outs, masks = self._rollout(batch, sampling, rngs, timer, bar)
-                for i, out, m in zip(chunk, outs, masks):
-                    results[i] = Result(frames=out, mask=m, timings=dict(timer.seconds) if timings else {},
-                                        providers=self.providers, sampling=batch[0].sampling)
-        finally:
-            if bar is not None:
-                bar.close()
-        return results
+        plans = []
+        for i, r in enumerate(requests):  # every refusal is the plan's: nothing below refuses a planned request
+            try:
+                plans.append(r.plan(self.bundle))
+            except VDTError as e:
+                if len(requests) == 1:
+                    raise
+                raise type(e)(f"requests[{i}]: {e}") from None
+        done = self._runner.run(plans, progress=progress)
+        return [Result(frames=frames, mask=m, timings=dict(seconds) if timings else {}, providers=self.providers,
+                       sampling=p.sampling) for p, (frames, m, seconds) in zip(plans, done)]
 
     def run(self, frames: Frames = None, *, mask=None, task: str | None = None, total: int | None = None,
             cond=None, stride=None, given=None, box=None, box_frames=None, steps: int | None = None,
@@ -226,11 +190,13 @@ class Pipeline:
         return self._task("predict", frames, cond=cond, total=total, **kw)
 
     def backward(self, frames: Frames, *, cond: int | None = None, total: int | None = None, **kw) -> Result:
-        """Generate what came before: the first `cond` supplied frames become the LAST cond output frames."""
+        """Generate what came before: `cond` supplied frames become the LAST cond output frames (or, from a clip of
+        `total` frames, its own last cond frames are kept)."""
         return self._task("backward", frames, cond=cond, total=total, **kw)
 
     def interpolate(self, frames: Frames, *, stride: int = 2, total: int | None = None, **kw) -> Result:
-        """Keyframes go to frames 0, s, 2s, … < total (default total: (keyframes − 1)·s + 1); the rest is generated."""
+        """Keyframes go to frames 0, s, 2s, … < total (default total: (keyframes − 1)·s + 1); the rest is generated.
+        A longer clip (e.g. full length) keeps its own frames 0, s, 2s, … (see Request)."""
         return self._task("interpolate", frames, stride=stride, total=total, **kw)
 
     def image_to_video(self, image: Frames, *, total: int | None = None, **kw) -> Result:
@@ -242,7 +208,8 @@ class Pipeline:
         return self._task("unconditional", None, total=total, **kw)
 
     def complete(self, frames: Frames, *, given, total: int | None = None, **kw) -> Result:
-        """Frames supplied one per entry of `given`, in that order, are placed at those indices; the rest is generated."""
+        """Frames supplied one per entry of `given`, in that order, are placed at those indices (or a longer clip keeps
+        its own frames there); the rest is generated. A position named twice, or none, is refused."""
         return self._task("complete", frames, given=given, total=total, **kw)
 
     def inpaint(self, frames: Frames, *, box=None, box_frames=None, mask=None, **kw) -> Result:
@@ -267,25 +234,15 @@ class Pipeline:
         MAX_ROLLOUT_FRAMES). Peak memory does not grow with `total`: hand it to write_video(path, stream) and
         one window is all that is held. Same frames, bit for bit, as rollout(). Validated here, before the first
         chunk is asked for."""
-        p = Request(task=ROLLOUT, frames=frames, total=total, cond=cond, window=window, **kw).plan(self.bundle)
-        timer = Timer()
-        return RolloutStream(self._stream(p, timer), timer if timings else None)
+        return self.stream(Request(task=ROLLOUT, frames=frames, total=total, cond=cond, window=window, **kw),
+                           timings=timings)
 
-    def _stream(self, p: Plan, timer: Timer):
-        """The chunks of one rollout plan: its given frames, then each window's new frames (as _rollout makes them:
-        one Generator seeded once drives every window; only the last `cond` frames carry over)."""
-        s, rngs = self._sampling(*p.sampling), [np.random.default_rng(p.seed)]
-        sampler, steps, eta = p.sampling
-        yield p.frames
-        context, done = p.frames, p.cond
-        while done < p.total:
-            new = min(p.window - p.cond, p.total - done)
-            wp = Request(task="predict", frames=context[-p.cond:], cond=p.cond, total=p.cond + new, steps=steps,
-                         sampler=sampler, eta=eta, seed=p.seed).plan(self.bundle)
-            with timer.stage("total"):
-                out = self._batch([wp], s, rngs, timer, None)[0]
-            context, done = out[-p.cond:], done + new
-            yield out[p.cond:]
+    def stream(self, request: Request, *, timings: bool = False) -> "RolloutStream":
+        """A rollout Request run window by window, as rollout_stream (which builds one); planned here, before the
+        first chunk is asked for."""
+        p = request.plan(self.bundle, streamed=True)
+        timer = Timer()
+        return RolloutStream(rollout.stream(self._runner, p, timer), timer if timings else None)
 
     def _task(self, task, frames, *, progress: bool = False, timings: bool = False, **kw) -> Result:
         return self._one(Request(task=task, frames=frames, **kw), progress, timings)
@@ -293,112 +250,12 @@ class Pipeline:
     def _one(self, request: Request, progress: bool, timings: bool) -> Result:
         return self.generate([request], progress=progress, timings=timings)[0]
 
-    # --- the work ---------------------------------------------------------------------------
-    def _sampling(self, sampler: str, steps: int, eta: float) -> _Sampling:
-        d = self.bundle.diffusion
-        schedule = make_schedule(steps, num_timesteps=d["num_timesteps"], beta_schedule=d["beta_schedule"],
-                                 prediction_type=d["prediction_type"], variance_type=d["variance_type"])
-        return _Sampling(get_sampler(sampler), schedule, {"eta": eta} if sampler in ETA_SAMPLERS else {})
-
-    def _batch(self, plans: list[Plan], s: _Sampling, rngs: list[np.random.Generator], timer: Timer,
-               bar) -> list[np.ndarray]:
-        """uint8 [T, H, W, 3] per plan (all of one total T), sampled as one batch; given cells are the input pixels."""
-        total = plans[0].total
-        givens = [np.flatnonzero((p.mask < 1).any(axis=(1, 2))) for p in plans]  # frames with any given cell
-        generated = [np.flatnonzero((p.mask > 0).any(axis=(1, 2))) for p in plans]
-        shape = self.bundle.latent_shape(total)  # [T, C, h, w]
-        x_given = np.zeros((len(plans),) + shape, np.float32)  # [B, T, C, h, w]
-        if any(g.size for g in givens):
-            with timer.stage("vae_encoder"):
-                latents = self._encode([p.frames[g] for p, g in zip(plans, givens) if g.size])
-            for b, lat in zip([b for b, g in enumerate(givens) if g.size], latents):
-                x_given[b, givens[b]] = lat
-        den = self._den
-        xp = den.array_namespace()  # NumPy, or CuPy for a GPU backend: the sampler state stays where it runs
-        x_T = per_item_normal(rngs, shape, xp)  # each item's own seed, made where the sampler state lives
-        names = [spec.name for spec in den.inputs]
-        out_name = den.outputs[0].name
-        together = den.batch_invariant
-
-        def denoise(x, t):  # x [B, T, C, h, w] float32, t [B] float32 → [B, T, outC, h, w]
-            start = time.perf_counter()
-            if together:
-                out = den.run({names[0]: x, names[1]: t})[out_name]
-            else:  # one call per item, so a per-call activation scale sees only that item
-                out = xp.concatenate([den.run({names[0]: x[b: b + 1], names[1]: t[b: b + 1]})[out_name]
-                                      for b in range(len(x))])
-            timer.add("denoiser", time.perf_counter() - start)
-            return out
-
-        callback = (lambda i, n, x: bar.update(1)) if bar is not None else None
-        start, before = time.perf_counter(), timer.seconds.get("denoiser", 0.0)
-        x0 = to_numpy(s.sample(denoise, x_T, s.schedule, rng=rngs, mask=xp.asarray(np.stack([p.mask for p in plans])),
-                               x_given=xp.asarray(x_given), callback=callback, **s.options))
-        timer.add("sampler", time.perf_counter() - start - (timer.seconds.get("denoiser", 0.0) - before))
-
-        with timer.stage("vae_decoder"):
-            decoded = self._decode([x0[b, g] for b, g in enumerate(generated)])
-        outs = []
-        f = self.bundle.vae["downsample"]
-        for p, given, gen, pixels in zip(plans, givens, generated, decoded):
-            out = np.zeros((total, self.image_size, self.image_size, 3), np.uint8)
-            out[gen] = pixels
-            if given.size:
-                keep = np.repeat(np.repeat(p.mask[given] == 0, f, axis=1), f, axis=2)  # [G, H, W] pixel is given
-                out[given] = np.where(keep[..., None], p.frames[given], out[given])
-            outs.append(out)
-        return outs
-
-    def _rollout(self, plans: list[Plan], s: _Sampling, rngs, timer: Timer, bar):
-        """Rollouts of one (total, cond, window) in lockstep: each window is a batch of predict requests."""
-        p0 = plans[0]
-        cond, window, total = p0.cond, p0.window, p0.total
-        hw = (self.bundle.latent_size,) * 2
-        videos = [p.frames for p in plans]
-        masks = [[np.zeros((cond,) + hw, np.float32)] for _ in plans]
-        sampler, steps, eta = p0.sampling
-        while len(videos[0]) < total:
-            new = min(window - cond, total - len(videos[0]))
-            window_plans = [Request(task="predict", frames=v[-cond:], cond=cond, total=cond + new, steps=steps,
-                                    sampler=sampler, eta=eta, seed=p.seed).plan(self.bundle)
-                            for v, p in zip(videos, plans)]
-            outs = self._batch(window_plans, s, rngs, timer, bar)
-            videos = [np.concatenate([v, out[cond:]]) for v, out in zip(videos, outs)]
-            for m, wp in zip(masks, window_plans):
-                m.append(wp.mask[cond:])
-        return videos, [np.concatenate(m) for m in masks]
-
-    def _encode(self, clips: list[np.ndarray]) -> list[np.ndarray]:
-        """uint8 [N, H, W, 3] per clip → scaled latents float32 [N, C, h, w] per clip."""
-        images = [c.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0 for c in clips]  # [N, 3, H, W] in [-1, 1]
-        return self._stage(self._enc, images)
-
-    def _decode(self, latents: list[np.ndarray]) -> list[np.ndarray]:
-        """float32 [N, C, h, w] per clip → uint8 [N, H, W, 3] per clip (clipped to [-1, 1], rounded)."""
-        images = self._stage(self._dec, [x.astype(np.float32) for x in latents])  # [N, 3, H, W] each
-        return [np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
-                for x in images]
-
-    def _stage(self, backend: Backend, parts: list[np.ndarray]) -> list[np.ndarray]:
-        """Run a VAE stage over every part's items [N, ...]: together when batch-invariant, else part by part."""
-        if not backend.batch_invariant:
-            return [self._batched(backend, x) for x in parts]
-        sizes = np.cumsum([len(x) for x in parts])[:-1]
-        return np.split(self._batched(backend, np.concatenate(parts)), sizes) if parts else []
-
-    def _batched(self, backend: Backend, x: np.ndarray) -> np.ndarray:
-        """Run a VAE stage over x [N, ...] in slices of `vae_slice` frames (at most the manifest's batch max): peak
-        memory follows the slice, not N (diffusers' "VAE slicing")."""
-        name, out = backend.inputs[0].name, backend.outputs[0].name
-        cap = min(self.vae_slice, self.bundle.stage(backend.stage).axis_max("batch", len(x)) or len(x))
-        return np.concatenate([backend.run({name: x[i: i + cap]})[out] for i in range(0, len(x), cap)])
-
     @property
     def vae_slice(self) -> int:
         """Frames per VAE encoder / decoder call. Default: as many as make limits.DEFAULT_VAE_SLICE_PIXELS
         pixels (1 frame at 256 px, 64 at 32 px); smaller saves memory (BENCHMARKS.md §8)."""
-        return self._vae_slice or max(1, DEFAULT_VAE_SLICE_PIXELS // self.image_size ** 2)
+        return self._runner.slice_frames
 
     @vae_slice.setter
     def vae_slice(self, frames: int | None) -> None:
-        self._vae_slice = None if frames is None else _check_int("vae_slice", frames, 1, None)
+        self._runner.vae_slice = None if frames is None else _check_int("vae_slice", frames, 1, None)

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import numbers
 import os
+import re
 import warnings
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from vdt_runtime._arrays import as_array
 from vdt_runtime.errors import InputError
-from vdt_runtime.limits import MAX_STREAMED_FRAMES, shorten
+from vdt_runtime.limits import MAX_ROLLOUT_FRAMES, MAX_STREAMED_FRAMES, shorten
 from vdt_runtime.masks import box_mask, check_not_all_given, check_hw, frame_indices, user_mask
-from vdt_runtime.samplers import DEFAULT_SAMPLING, ETA_SAMPLERS, SAMPLERS, Sampling, check_sampling
-from vdt_runtime.samplers._common import check_eta
-from vdt_runtime.schedule import _check_int
+from vdt_runtime.checks import check_int as _check_int
+from vdt_runtime.settings import DEFAULT_SAMPLING, ETA_SAMPLERS, SAMPLERS, Sampling, check_eta, check_sampling
 
 
 @dataclass(frozen=True)
@@ -103,18 +103,27 @@ def _takes(task, args: dict) -> _Task:
     return spec
 
 
+def _param(kind: str, help: str, default=None):
+    """A Request field that travels as a wire parameter: its kind (int | float | str | ints) and a one-line help."""
+    return field(default=default, metadata={"wire": kind, "help": help})
+
+
 @dataclass(frozen=True, eq=False)
 class Request:
     """One video to generate. Build with keywords; everything that can be checked without a bundle is checked here.
 
     task     one of TASKS or "rollout"; or leave it None and give `mask` (float/bool [T, h, w] or pixel-size
              [T, H, W], 1 = generate)
-    frames   uint8 [N, H, W, 3] (float in [0, 1] is rounded to uint8), a video path, or None. By default they are
-             the task's given frames in order: predict the first `cond`, backward the last `cond`, interpolate the
-             keyframes, image_to_video one image ([H, W, 3] accepted), complete one per `given` index, inpaint
-             and a user mask the whole clip. `at` places them at other output indices instead (frames[j] → at[j]).
-    total    output frames (default: the bundle's trained length; interpolate (N − 1)·stride + 1; inpaint N;
-             a user mask its T)
+    frames   uint8 [N, H, W, 3] (float in [0, 1] is rounded to uint8), a video path (its first `total` frames,
+             rollout: `cond`), or None. Either exactly the task's given frames, in order: predict the first `cond`,
+             backward the last `cond`, interpolate the keyframes, image_to_video one image ([H, W, 3] accepted),
+             complete one per `given` position, inpaint the whole clip; or any other count: a clip from output
+             frame 0 (e.g. full length), each given position taking the frame at that position (the clip's other
+             frames are the ones the task generates, or lie past `total`). A user mask takes frames from 0; `at` places them at other
+             output positions instead (frames[j] → at[j]). Every supplied frame has exactly one position: duplicate
+             or empty position lists (given, at, box_frames) are refused.
+    total    output frames (default: the bundle's trained length; interpolate (N − 1)·stride + 1 for keyframes, N
+             when that exceeds the bundle's window (a full-length clip); inpaint N; a user mask its T)
     cond, stride, given, box, box_frames, window   the task's arguments (only those it takes)
     steps, sampler, eta, seed   sampling; the same request gives byte-identical frames alone or in any batch.
              Without `sampler`, the bundle's recommended sampler, steps and η run (bundle.sampling: the manifest's
@@ -122,21 +131,27 @@ class Request:
              the recommended one defaults to 50 steps and η = 0.
     """
 
-    task: str | None = None
+    task: str | None = _param("str", "one of the tasks, or rollout")
     frames: Any = None
     mask: Any = None
-    total: int | None = None
-    cond: int | None = None
-    stride: int | None = None
-    given: Sequence[int] | None = None
-    box: Sequence[int] | None = None
-    box_frames: Sequence[int] | None = None
-    window: int | None = None
-    at: Sequence[int] | None = None
-    steps: int | None = None
-    sampler: str | None = None
-    eta: float | None = None
-    seed: int = 0
+    total: int | None = _param("int", "output frames")
+    cond: int | None = _param("int", "given frames (predict, backward, rollout)")
+    stride: int | None = _param("int", "keyframe spacing (interpolate)")
+    given: Sequence[int] | None = _param("ints", "given frame positions, e.g. 0,3,5 (complete)")
+    box: Sequence[int] | None = _param("ints", "pixel box y0,x0,y1,x1 to regenerate (inpaint)")
+    box_frames: Sequence[int] | None = _param("ints", "frames the box applies to (inpaint; default all)")
+    window: int | None = _param("int", "frames per window (rollout; default max_frames)")
+    at: Sequence[int] | None = _param("ints", "output positions of the supplied frames, one each, e.g. 0,1,6")
+    steps: int | None = _param("int", "denoiser calls (default: the bundle's recommendation for its sampler, else 50)")
+    sampler: str | None = _param("str", "default: the bundle's recommended sampler (vdt info shows it; else ddpm)")
+    eta: float | None = _param("float", "noise level for ddim and dpmpp: 0 = deterministic, 1 = DDPM-like / "
+                                        "DPM-Solver++ SDE (default: the recommendation's, else 0)")
+    seed: int = _param("int", "seed of the request's noise", default=0)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], *, frames=None, mask=None) -> "Request":
+        """A Request from wire parameters (the CLI's flags, Triton's request parameters, a batch row): see PARAMS."""
+        return cls(frames=frames, mask=mask, **parse_params(params, mask=mask))
 
     def __post_init__(self):
         if self.mask is None and self.task is None:
@@ -176,33 +191,50 @@ class Request:
         return check_sampling(base.sampler, base.steps if self.steps is None else self.steps,
                               base.eta if self.eta is None else self.eta, bundle.diffusion["num_timesteps"])
 
-    def plan(self, bundle) -> "Plan":
-        """Check this request against a bundle's sizes; frames placed on the output timeline and the latent mask."""
+    def plan(self, bundle, *, streamed: bool = False) -> "Plan":
+        """Check this request against a bundle: everything `Pipeline.generate` (or, `streamed`, the window-by-window
+        rollout of `Pipeline.rollout_stream`) would refuse is refused here, before anything runs. The Plan back has
+        the frames placed on the output timeline and the latent mask."""
+        if streamed and self.task != ROLLOUT:
+            raise InputError(f"only task 'rollout' streams, not {shorten(self.task)}")
         sampling = self.sampling(bundle)
         frames = self.frames
         if self.task == "image_to_video" and isinstance(frames, np.ndarray) and frames.ndim == 3:
             frames = frames[None]  # one image
-        video = as_frames(frames, bundle.image_size)
+        video = as_frames(frames, bundle.image_size, max_frames=self._read_limit(bundle))
         n = 0 if video is None else len(video)
         if self.task == ROLLOUT:
-            return self._plan_rollout(bundle, video, sampling)
+            return self._plan_rollout(bundle, video, sampling, streamed)
         total, m, slots, what = self._mask(bundle, n)
+        slots = list(slots)
         if self.at is not None or self.mask is not None:  # frames at explicit positions (default 0, 1, 2, …)
             if n > total:
                 raise InputError(f"got {n} frames for total={total}; supply at most total frames")
-            slots = range(n) if self.at is None else frame_indices("at", self.at, total)
+            slots = list(range(n) if self.at is None else frame_indices("at", self.at, total))
             if len(slots) != n:
                 raise InputError(f"at= gives {len(slots)} position(s) for {n} frame(s); give one per frame")
-        elif n < len(slots):
-            if n == 0:
-                raise InputError(f"{what} needs input frames (none were supplied)")
-            raise InputError(f"{what} needs {len(slots)} input frame(s), got {n}; every given frame must be supplied")
-        placed = _place(video, list(slots)[:n], total)
+            sources = range(n)
+        elif n == len(slots):  # the task's given frames, in order (keyframes)
+            sources = range(n)
+        elif n == 0:
+            raise InputError(f"{what} needs input frames (none were supplied)")
+        else:  # a clip from output frame 0 (e.g. full length): each given position takes the frame at that position
+            if slots and max(slots) >= n:
+                raise InputError(f"{what} needs {len(slots)} input frame(s), got {n}: supply the given frames in "
+                                 f"order, or a clip reaching frame {max(slots)} (every given frame must be supplied)")
+            sources = slots
+        placed = _place(video, sources, slots, total)
         given = np.flatnonzero((m < 1).any(axis=(1, 2)))
-        missing = sorted(set(given.tolist()) - set(list(slots)[:n]))
+        missing = sorted(set(given.tolist()) - set(slots))
         if missing:
             raise InputError(f"{what} gives frame(s) {missing} but only {n} frame(s) were supplied")
         return Plan(total=total, mask=m, frames=placed, sampling=sampling, seed=int(self.seed))
+
+    def _read_limit(self, bundle) -> int:
+        """Frames read from a video path: what the request can use (rollout: cond; else total, or the window)."""
+        limit = self.cond if self.task == ROLLOUT else self.total
+        ok = isinstance(limit, numbers.Integral) and not isinstance(limit, bool) and 1 <= limit <= bundle.max_frames
+        return int(limit) if ok else bundle.max_frames
 
     def _mask(self, bundle, n: int) -> tuple[int, np.ndarray, Sequence[int], str]:
         """(total, latent mask [T, h, w], the task's slots for the n supplied frames, a name for messages)."""
@@ -224,24 +256,79 @@ class Request:
             args["cond"] = n  # default: every supplied frame is given
         total = self.total
         if total is None:
-            total = {"interpolate": lambda: (n - 1) * _check_int("stride", args["stride"], 2, None) + 1,
+            total = {"interpolate": lambda: _interpolate_total(n, args["stride"], bundle.max_frames),
                      "inpaint": lambda: n}.get(self.task, lambda: bundle.num_frames)()
         total = _frames_total(bundle, total)
         m, slots = _mask_and_slots(self.task, total, hw, image_hw, args)
         named = ", ".join(f"{k}={shorten(v)}" for k, v in {**args, "total": total}.items() if v is not None)
         return total, m, slots, f"task {shorten(self.task)} ({named})"
 
-    def _plan_rollout(self, bundle, video: np.ndarray, sampling: Sampling) -> "Plan":
-        n = len(video)
+    def _plan_rollout(self, bundle, video: np.ndarray | None, sampling: Sampling, streamed: bool) -> "Plan":
+        n = 0 if video is None else len(video)
         if self.at is not None:
             raise InputError("task 'rollout' does not take at=; its frames start the video")
         window = _check_int("window", bundle.max_frames if self.window is None else self.window, 2, bundle.max_frames)
         cond = _check_int("cond", self.cond, 1, window - 1)
-        total = _check_int("total", self.total, cond + 1, MAX_STREAMED_FRAMES)
+        total = _check_int("total", self.total, cond + 1, MAX_STREAMED_FRAMES if streamed else None)
+        if not streamed and total > MAX_ROLLOUT_FRAMES:
+            raise InputError(f"rollout total={total} frames is above the maximum {MAX_ROLLOUT_FRAMES} returned in "
+                             f"memory; rollout_stream writes longer ones (up to {MAX_STREAMED_FRAMES}) window by window")
         if n < cond:
             raise InputError(f"task 'rollout' (cond={cond}) needs {cond} input frame(s), got {n}")
         return Plan(total=total, mask=None, frames=video[:cond], sampling=sampling, seed=int(self.seed),
                     cond=cond, window=window)
+
+
+PARAMS: dict[str, tuple[str, str]] = {f.name: (f.metadata["wire"], f.metadata["help"])
+                                      for f in fields(Request) if "wire" in f.metadata}  # name -> (kind, help)
+_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
+
+
+def parse_params(params: Mapping[str, Any], *, mask=None) -> dict[str, Any]:
+    """Wire parameters → Request keywords. Values are typed (int, float, str, a sequence of ints) or strings: an
+    integer "-1" (a value, refused later by its range), a number "0.5", a list "0,3,5" or a box "y0,x0,y1,x1" ("" is
+    an empty list). None means unset. Task "mask" (or "inpaint" with a mask) is a user mask instead of a task."""
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown:
+        raise InputError(f"unknown parameter(s) {', '.join(shorten(u) for u in unknown)}; allowed: {', '.join(PARAMS)}")
+    kw = {name: _parse(name, PARAMS[name][0], v) for name, v in params.items() if v is not None}
+    task = kw.get("task")
+    if mask is not None:
+        if task not in (None, "mask", "inpaint"):
+            raise InputError(f"a user mask is for task 'inpaint' or 'mask' (it replaces the task), not {shorten(task)}")
+        kw.pop("task", None)
+    elif task == "mask":
+        raise InputError("task 'mask' needs a mask (1 = generate)")
+    return kw
+
+
+def _parse(name: str, kind: str, value):
+    """One wire value of `kind`; InputError naming the parameter when it cannot be one."""
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if kind == "str":
+        if not isinstance(value, str):
+            raise InputError(f"parameter {name!r} must be a string, got {shorten(value)}")
+        return value
+    if isinstance(value, bool):
+        raise InputError(f"parameter {name!r} must be a number, got {value!r}")
+    if kind == "int":
+        if isinstance(value, str) and _INTEGER.fullmatch(value):
+            return int(value)
+        if not isinstance(value, numbers.Integral):
+            raise InputError(f"parameter {name!r} must be an integer, got {shorten(value)}")
+        return value
+    if kind == "float":
+        try:
+            return float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"parameter {name!r} must be a number, got {shorten(value)}") from None
+    if not isinstance(value, str):  # ints: a sequence is passed on as it is (the Request checks it)
+        return value
+    items = [v for v in value.split(",") if v.strip()]
+    if not all(_INTEGER.fullmatch(v) for v in items):
+        raise InputError(f"parameter {name!r} must be comma-separated integers, e.g. '0,3,5'; got {shorten(value)}")
+    return tuple(int(v) for v in items)
 
 
 @dataclass(frozen=True, eq=False)
@@ -269,14 +356,15 @@ class Plan:
         return -(-(self.total - self.cond) // (self.window - self.cond))
 
 
-def as_frames(frames, size: int) -> np.ndarray | None:
-    """None, a video path or an array → uint8 [T, size, size, 3] (float in [0, 1] is rounded), or None."""
+def as_frames(frames, size: int, max_frames: int | None = None) -> np.ndarray | None:
+    """None, a video path (its first `max_frames` frames) or an array → uint8 [T, size, size, 3] (float in [0, 1] is
+    rounded), or None."""
     if frames is None:
         return None
     if isinstance(frames, (str, os.PathLike)):
         from vdt_runtime.video import read_video
 
-        frames = read_video(frames, size=(size, size))  # another size is refused before decoding
+        frames = read_video(frames, max_frames=max_frames, size=(size, size))  # another size: refused from the header
     f = as_array(frames, "frames", f"uint8 [T, H, W, 3] with H = W = {size}")
     if f.ndim != 4 or f.shape[-1] != 3:
         raise InputError(f"frames must be [T, H, W, 3] (RGB), got shape {tuple(f.shape)}")
@@ -308,10 +396,17 @@ def _frames_total(bundle, total) -> int:
     return total
 
 
-def _place(video: np.ndarray | None, slots: list[int], total: int) -> np.ndarray | None:
-    """uint8 [total, H, W, 3]: video[j] at slots[j], zeros elsewhere (those frames are generated)."""
+def _interpolate_total(n: int, stride, max_frames: int) -> int:
+    """interpolate's default total for n input frames: (n − 1)·stride + 1 when they are the keyframes; n when that
+    would not fit the bundle's window (the input is then the full-length clip whose every stride-th frame is kept)."""
+    keyframes = (n - 1) * _check_int("stride", stride, 2, None) + 1
+    return keyframes if keyframes <= max_frames else n
+
+
+def _place(video: np.ndarray | None, sources: Sequence[int], slots: list[int], total: int) -> np.ndarray | None:
+    """uint8 [total, H, W, 3]: video[sources[j]] at slots[j], zeros elsewhere (those frames are generated)."""
     if video is None:
         return None
     out = np.zeros((total,) + video.shape[1:], np.uint8)
-    out[slots] = video[: len(slots)]
+    out[slots] = video[list(sources)]
     return out

@@ -14,17 +14,13 @@ and pass the ORIGINAL timestep `timesteps[i]` to the denoiser.
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
+from vdt_runtime.checks import check_choice, check_int
 from vdt_runtime.errors import InputError
-from vdt_runtime.limits import shorten
-
-BETA_SCHEDULES = ("linear",)
-PREDICTION_TYPES = ("epsilon", "v")
-VARIANCE_TYPES = ("learned_range", "fixed_small")
+from vdt_runtime.settings import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,11 +61,11 @@ def make_schedule(
     variance_type: str = "learned_range",
 ) -> Schedule:
     """Build the K-step respaced schedule over an N-step training schedule."""
-    _check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
-    _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-    _check_choice("variance_type", variance_type, VARIANCE_TYPES)
-    n = _check_int("num_timesteps", num_timesteps, 2, None)
-    k = _check_int("steps", steps, 1, n)
+    check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    check_choice("variance_type", variance_type, VARIANCE_TYPES)
+    n = check_int("num_timesteps", num_timesteps, 2, None)
+    k = check_int("steps", steps, 1, n)
 
     full_ac = np.cumprod(1.0 - _linear_betas(n))  # [N]
     timesteps = respaced_timesteps(n, k)  # [K]
@@ -101,8 +97,8 @@ def make_schedule(
 
 def respaced_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
     """The kept original timesteps, int64 [K] ascending; K = 1 keeps N−1 (see module docstring)."""
-    n = _check_int("num_timesteps", num_timesteps, 1, None)
-    k = _check_int("steps", steps, 1, n)
+    n = check_int("num_timesteps", num_timesteps, 1, None)
+    k = check_int("steps", steps, 1, n)
     if k == 1:
         return np.array([n - 1], dtype=np.int64)
     stride = (n - 1) / (k - 1)
@@ -123,20 +119,3 @@ def _linear_betas(n: int) -> np.ndarray:
             "so the linear schedule needs num_timesteps >= 21"
         )
     return np.linspace(beta_start, beta_end, n, dtype=np.float64)
-
-
-def _check_choice(name: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise InputError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
-
-
-def _check_int(name: str, value, lo: int, hi: int | None) -> int:
-    """An integer (not bool) in lo..hi, else InputError naming value and range."""
-    allowed = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InputError(f"{name} must be an integer {allowed}, got {shorten(value)}")
-    if value < lo or (hi is not None and value > hi):
-        raise InputError(f"{name} must be {allowed}, got {shorten(value)}")
-    if hi is None and value >= 2**62:  # no count or index is this large; later messages may print it whole
-        raise InputError(f"{name} must be {allowed} and below 2**62, got {shorten(value)}")
-    return int(value)

@@ -6,8 +6,9 @@ stacks the compatible ones on B. One request = one video:
   inputs      task    BYTES [1, 1]            a task name, "rollout", or "mask" (a user mask instead of a task)
               frames  UINT8 [1, N, H, W, 3]   the task's given frames (H = W = the bundle's image size); optional
               mask    FP32  [1, T, h, w]      the user mask (1 = generate) for task "mask"; optional
-  parameters  total, cond, stride, window, steps, seed (int), sampler (string), eta (string, a number),
-              given, box, box_frames (string "0,3,5")
+  parameters  the Request's wire parameters (vdt_runtime.requests.PARAMS, parsed by Request.from_params):
+              total, cond, stride, window, steps, seed (int, or a string "8"), sampler (string), eta (a number or
+              a string "0.5"), given, box, box_frames, at (string "0,3,5")
   outputs     frames  UINT8 [1, T, H, W, 3]   the video (absent when the request was refused)
               error   BYTES [1, 1]            empty, or the one-line reason the request was refused
 
@@ -28,62 +29,37 @@ from typing import Any
 import numpy as np
 
 from vdt_runtime.errors import BackendError, InputError, VDTError
-from vdt_runtime.requests import Request
+from vdt_runtime.requests import PARAMS, Request
 
 MODEL = "vdt"
-_INT_PARAMS = ("total", "cond", "stride", "window", "steps", "seed")
-_LIST_PARAMS = ("given", "box", "box_frames")
-_STR_PARAMS = ("sampler", "eta")
-PARAMETERS = _STR_PARAMS + _INT_PARAMS + _LIST_PARAMS
+PARAMETERS = tuple(name for name in PARAMS if name != "task")  # the task travels as an input tensor
 
 
 def request_from(data: dict[str, np.ndarray], parameters: dict[str, Any] | None) -> Request:
     """One KServe v2 request (input arrays with their batch axis, request parameters) → a Request."""
     params = dict(parameters or {})
     params.pop("headers", None)  # Triton forwards HTTP/gRPC headers in the same dict
-    unknown = sorted(set(params) - set(PARAMETERS))
-    if unknown:
-        raise InputError(f"unknown parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(PARAMETERS)}")
-    kw: dict[str, Any] = {}
-    for name, value in params.items():
-        if name in _INT_PARAMS:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InputError(f"parameter {name!r} must be an integer, got {value!r}")
-            kw[name] = value
-        elif name == "eta":
-            try:
-                kw[name] = float(value)
-            except (TypeError, ValueError):
-                raise InputError(f"parameter 'eta' must be a number, got {value!r}") from None
-        elif name in _LIST_PARAMS:
-            kw[name] = _int_list(name, value)
-        else:
-            kw[name] = value
+    if "task" in params:
+        raise InputError("the task travels as the input tensor 'task', not as a parameter")
     task = np.asarray(data.get("task", np.array([[b""]], dtype=object))).reshape(-1)
     if task.size != 1:
         raise InputError(f"input 'task' must hold one name, got {task.size}")
-    name = task[0].decode(errors="replace") if isinstance(task[0], bytes) else str(task[0])
-    if name != "mask":
-        kw["task"] = name
+    arrays = {}
     for name in ("frames", "mask"):
         if name in data:
             x = np.asarray(data[name])
             if x.shape[:1] != (1,):
                 raise InputError(f"input {name!r} must hold one video (batch axis 1), got shape {tuple(x.shape)}; "
                                  "send one request per video, Triton batches them")
-            kw[name] = x[0]
-    return Request(**kw)
-
-
-def _int_list(name: str, value) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in str(value).split(",") if v.strip())
-    except ValueError:
-        raise InputError(f"parameter {name!r} must be comma-separated integers, e.g. '0,3,5'; got {value!r}") from None
+            arrays[name] = x[0]
+    return Request.from_params({**params, "task": task[0]}, **arrays)
 
 
 class InferCallable:
-    """PyTriton's inference callable: a list of requests in, one response dict each out."""
+    """PyTriton's inference callable: a list of requests in, one response dict each out.
+
+    A request that is refused (by its plan, or by anything generate would still refuse) answers with `error` and no
+    frames; the requests batched with it are served."""
 
     def __init__(self, pipe):
         self.pipe = pipe
@@ -93,19 +69,34 @@ class InferCallable:
         for r in requests:
             try:
                 req = request_from(r.data, getattr(r, "parameters", None))
-                req.plan(self.pipe.bundle)  # every bundle check, so generate below cannot refuse it
+                req.plan(self.pipe.bundle)  # every refusal generate could make, so generate below runs them all
                 built.append(req)
             except VDTError as e:
-                built.append(f"{type(e).__name__}: {e}")
+                built.append(_error(e))
         good = [b for b in built if isinstance(b, Request)]
-        results = iter(self.pipe.generate(good)) if good else iter(())
+        try:
+            results = self.pipe.generate(good) if good else []
+        except VDTError:  # cannot happen after the plans above; if it does, one at a time so only that one fails
+            results = [self._alone(b) for b in good]
+        out = iter(results)
         responses = []
         for b in built:
-            if isinstance(b, str):
-                responses.append({"error": np.array([[b.encode()]], dtype=object)})  # no frames
+            result = b if isinstance(b, str) else next(out)
+            if isinstance(result, str):
+                responses.append({"error": np.array([[result.encode()]], dtype=object)})  # no frames
             else:
-                responses.append({"frames": next(results).frames[None], "error": np.array([[b""]], dtype=object)})
+                responses.append({"frames": result.frames[None], "error": np.array([[b""]], dtype=object)})
         return responses
+
+    def _alone(self, request: Request):
+        try:
+            return self.pipe.generate([request])[0]
+        except VDTError as e:
+            return _error(e)
+
+
+def _error(e: VDTError) -> str:
+    return f"{type(e).__name__}: {e}"
 
 
 def serve(pipe, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,

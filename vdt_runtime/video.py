@@ -216,10 +216,53 @@ def _is_frame_file(entry: Path) -> bool:
     return FRAME_NAME.fullmatch(entry.name) is not None and is_regular_file(entry)
 
 
+MIN_FPS, MAX_FPS = 0.01, 1000  # GIF keeps a frame's duration in 16 bits of 1/100 s: 100 s a frame fits, 1000 s not
+
+
 def check_fps(fps) -> None:
-    """InputError unless fps is a number in (0, 1000]."""
-    if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps <= 1000):
-        raise InputError(f"fps must be a number in (0, 1000], got {shorten(fps)}")
+    """InputError unless fps is a number in [MIN_FPS, MAX_FPS], which every output type can store."""
+    if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and MIN_FPS <= fps <= MAX_FPS):
+        raise InputError(f"fps must be a number in [{MIN_FPS:g}, {MAX_FPS}] (at most {1 / MIN_FPS:g} s a frame), "
+                         f"got {shorten(fps)}")
+
+
+_MAX_MASK_BYTES = 8 * MAX_DECODED_PIXELS  # a float64 pixel mask of the largest input
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A mask array from a .npy file. The header is read first: a file that is not a .npy array (an .npz, a
+    pickle), or whose header claims more data than the file holds or than MAX_DECODED_PIXELS float64 values, is
+    refused naming the file, before anything is allocated."""
+    path = Path(path)
+    name = shorten(str(path))
+    if path.suffix.lower() != ".npy":
+        raise InputError(f"mask {name} must be a .npy file (numpy.save of one array), got {shorten(path.suffix)}")
+    try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                f.seek(0)
+                kind = "an .npz archive (a zip)" if f.read(4) == b"PK\x03\x04" else "not a .npy array"
+                raise InputError(f"cannot read mask {name}: it is {kind}; give one array saved with numpy.save")
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise InputError(f"cannot read mask {name}: .npy format version {version}; this reads 1.0 and 2.0")
+            shape, _, dtype = read_header(f)
+            offset, size = f.tell(), os.fstat(f.fileno()).st_size
+            if dtype.hasobject:
+                raise InputError(f"cannot read mask {name}: it holds Python objects (never unpickled); a mask is "
+                                 "numbers 0/1")
+            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if need > _MAX_MASK_BYTES or need != size - offset:
+                raise InputError(f"cannot read mask {name}: its header claims shape {shorten(shape)} of {dtype} ({need} bytes), "
+                                 f"but the file holds {size - offset} bytes of data (at most {_MAX_MASK_BYTES})")
+            return np.load(path, allow_pickle=False)
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"cannot read mask {name}: {shorten(str(e))}") from None
 
 
 def _chunks(frames) -> Iterator[np.ndarray]:

@@ -5,8 +5,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from vdt_export.checkpoint import (CheckpointError, infer_config, load_state_dict, load_vdt,  # noqa: E402
-                                   randomize_, save_state_dict)
+from vdt_export.checkpoint import CheckpointError, infer_config, load_state_dict, load_vdt, save_state_dict  # noqa: E402,E501
+from vdt_export.sources import randomize_  # noqa: E402
 from vdt_export.models import VDT, config_from_name  # noqa: E402
 
 
@@ -132,7 +132,8 @@ def test_randomize_is_seeded_and_leaves_fixed_tables():
 
 def test_load_vae_from_folder_and_from_file(tmp_path):
     pytest.importorskip("diffusers")
-    from vdt_export.vae import VAEDecoder, build_vae, downsample_factor, load_vae, tiny_vae_config
+    from vdt_export.vae import VAEDecoder, downsample_factor
+    from vdt_export.sources import build_vae, load_vae, tiny_vae_config
 
     vae = randomize_(build_vae(tiny_vae_config()), seed=4)
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -157,8 +158,9 @@ def test_load_vae_from_folder_and_from_file(tmp_path):
 def test_checkpoint_folder_round_trip(tiny_models, tmp_path):
     import json
 
-    from vdt_export.checkpoint import load_vdt, save_checkpoint_folder
-    from vdt_export.vae import load_vae
+    from vdt_export.checkpoint import load_vdt
+    from vdt_export.sources import save_checkpoint_folder
+    from vdt_export.sources import load_vae
 
     vdt, vae = tiny_models
     folder = save_checkpoint_folder(tmp_path / "ckpt", vdt, vae, scale_factor=0.5, diffusion={"prediction_type": "v"})

@@ -33,10 +33,11 @@ def test_verify_detects_a_tampered_file(tiny_bundle, tmp_path, capsys):
 
     bundle = tmp_path / "tampered"
     shutil.copytree(tiny_bundle, bundle)
-    with open(bundle / "vae_decoder.onnx", "ab") as fh:
-        fh.write(b"\0")
+    data = bytearray((bundle / "vae_decoder.onnx").read_bytes())
+    data[-1] ^= 1  # same size: only the hash can tell
+    (bundle / "vae_decoder.onnx").write_bytes(bytes(data))
     assert main(["verify", str(bundle), "--random-init", "0"]) == 1
-    assert "'vae_decoder.onnx' does not match its sha256" in capsys.readouterr().out
+    assert "'vae_decoder.onnx' fails its hash check" in capsys.readouterr().out
 
 
 def test_onnx_random_init_then_verify(tmp_path, capsys):
@@ -100,7 +101,7 @@ def test_checkpoint_export_errors_are_clear(tmp_path, capsys):
 
 def test_onnx_from_a_checkpoint_folder_keeps_its_scale_diffusion_and_provenance(tiny_models, tmp_path):
     """`--checkpoint FOLDER` (what save_checkpoint_folder writes, e.g. checkpoints/default) needs no other flag."""
-    from vdt_export.checkpoint import save_checkpoint_folder
+    from vdt_export.sources import save_checkpoint_folder
 
     vdt, vae = tiny_models
     diffusion = {"beta_schedule": "linear", "num_timesteps": 1000, "prediction_type": "v",

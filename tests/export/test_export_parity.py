@@ -87,7 +87,7 @@ def test_torch_model_refuses_too_many_frames(tiny_models):
 @pytest.mark.parametrize("fused", [False, True], ids=["standard", "fused"])
 def test_vdt_s2_export_parity(tmp_path, fused):
     """A random VDT-S/2 (16 frames, 32×32 latents) exported once, checked at T = 1, 4, 8, 16."""
-    from vdt_export.checkpoint import randomize_
+    from vdt_export.sources import randomize_
     from vdt_export.models import VDT, config_from_name
     from vdt_export.onnx_export import export_denoiser
 

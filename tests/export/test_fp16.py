@@ -83,7 +83,7 @@ def test_denoiser_final_layer_and_timestep_embedding_fp32(fp16_bundle):
 
 @pytest.mark.parametrize("stage", ["denoiser", "vae_encoder", "vae_decoder"])
 def test_error_against_fp32_under_tolerance(fp16_bundle, stage):
-    from vdt_export.quantize import precision_error
+    from vdt_export.stage_error import precision_error
 
     e = precision_error(fp16_bundle, precision="fp16", stage=stage, trials=2)
     assert e["providers"] == ["CPUExecutionProvider"]
@@ -107,7 +107,7 @@ def test_denoiser_runs_at_every_declared_shape(fp16_bundle):
 
 
 def test_wrong_model_refused(fp16_bundle, tmp_path):
-    from vdt_export.checkpoint import randomize_
+    from vdt_export.sources import randomize_
     from vdt_export.fp16 import add_fp16
     from vdt_export.models import VDT, config_from_name
     from vdt_runtime.errors import InputError

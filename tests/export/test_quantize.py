@@ -77,7 +77,8 @@ def test_unknown_mode_refused(tiny_bundle):
 
 
 def test_static_mode_from_the_fused_graph(tiny_bundle, tmp_path):
-    from vdt_export.quantize import precision_error, quantize_bundle
+    from vdt_export.quantize import quantize_bundle
+    from vdt_export.stage_error import precision_error
     from vdt_runtime import Pipeline
 
     out = tmp_path / "static"

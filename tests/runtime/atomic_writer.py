@@ -75,7 +75,7 @@ def run_checkpoint(target: Path) -> None:
 def run_bundle(target: Path, source: Path) -> None:
     from vdt_export import bundle
     from vdt_export.models import VDT, config_from_name
-    from vdt_export.vae import build_vae, tiny_vae_config
+    from vdt_export.sources import build_vae, tiny_vae_config
 
     def copier(stage: str):
         def export(model, out, **kw):  # the stage's real ONNX (and the weights it reads) from `source`, slowly

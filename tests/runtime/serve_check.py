@@ -143,7 +143,9 @@ def main(bundle: str) -> None:
             (clip[:2], dict(task="predict", total=99, steps=STEPS), "max_frames"),
             (clip[:2], dict(task="predict", total=total, stride=3), "does not take stride=3"),
             (clip[:2], dict(task="predict", color="red"), "unknown parameter(s) 'color'"),
-            (clip[:2], dict(task="predict", total="6"), "parameter 'total' must be an integer"),
+            (clip[:2], dict(task="predict", total="six"), "parameter 'total' must be an integer"),
+            (clip[:3], dict(task="rollout", cond=2, total=100_000, steps=STEPS), "maximum 1024 returned in memory"),
+            (clip[:2], dict(task="complete", given="", total=total, steps=STEPS), "given is empty"),
             (clip[:0], dict(task="predict", total=total), "needs input frames"),
         ]
         with concurrent.futures.ThreadPoolExecutor(len(refused) + 1) as pool:

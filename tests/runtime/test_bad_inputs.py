@@ -19,6 +19,7 @@ import pytest
 from vdt_runtime import Pipeline, write_video
 from vdt_runtime.bundle import Bundle, sha256_file
 from vdt_runtime.errors import BackendError, BundleError, InputError
+from vdt_runtime.video import read_mask
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 
@@ -67,6 +68,12 @@ class Ctx:
 def _relist(manifest: dict, folder: Path, name: str) -> None:
     """Make manifest["files"][name] match the file on disk (as a careless re-packer would)."""
     manifest["files"][name] = {"sha256": sha256_file(folder / name), "size": (folder / name).stat().st_size}
+
+
+def _truncated_decoder(m: dict, folder: Path) -> None:
+    data = (folder / "vae_decoder.onnx").read_bytes()
+    (folder / "vae_decoder.onnx").write_bytes(data[: len(data) // 2])  # cut mid-tensor
+    _relist(m, folder, "vae_decoder.onnx")
 
 
 def _swap_denoiser_for_encoder(m: dict, folder: Path) -> None:
@@ -175,6 +182,23 @@ def _gif(ctx: Ctx, frames: int) -> Path:
     return write_video(ctx.tmp / "short.gif", ctx.clip[:frames])
 
 
+def _ort_options(choice: str, **options):
+    from vdt_runtime.backends.base import check_options
+    from vdt_runtime.backends.ort import OrtBackend
+
+    return check_options(choice, options, OrtBackend)
+
+
+def _engine_json_not_object(ctx: Ctx):
+    """A cached engine whose .json beside it holds a list, found by a load that may not build."""
+    from vdt_runtime.backends import trt_engines as te
+
+    bundle, device = Bundle.load(ctx.bundle), te.Device("NVIDIA H100", (9, 0), "10.13.0.35")
+    spec = te.build_spec(bundle, "denoiser", "fp32")
+    te.write_engine(ctx.tmp, spec, device, b"plan").with_suffix(".json").write_text("[1, 2]")
+    return te.ensure_engine(bundle, spec, device, ctx.tmp, build=False)
+
+
 def _without_gpu(ctx: Ctx, backend: str):
     """Load on a GPU backend where onnxruntime-gpu offers its providers and the driver reports no GPU (as here)."""
     from vdt_runtime.backends import ort as ort_backend
@@ -191,6 +215,38 @@ def _load_vdt(ctx: Ctx, state, config=None):
     from vdt_export.checkpoint import load_vdt
 
     return load_vdt(state, config)
+
+
+def _corrupt_data(m: dict, folder: Path) -> None:
+    """Flip one byte of the denoiser weights, keeping the size (only the sha256 can tell)."""
+    data = bytearray((folder / "denoiser.data").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / "denoiser.data").write_bytes(bytes(data))
+
+
+def _quantize(path: Path):
+    pytest.importorskip("onnxruntime.quantization")
+    from vdt_export.quantize import quantize_bundle
+
+    return quantize_bundle(path)
+
+
+def _export_inside_bundle(ctx: Ctx):
+    pytest.importorskip("torch")
+    from vdt_export.bundle import export_bundle
+
+    vdt, vae = ctx.request.getfixturevalue("tiny_models")
+    return export_bundle(vdt, vae, ctx.bundle_copy() / "nested", name="nested", image_size=16)
+
+
+def _fp16_of_other_weights(ctx: Ctx):
+    pytest.importorskip("torch")
+    from vdt_export.fp16 import add_fp16
+    from vdt_export.models import VDT
+    from vdt_export.sources import randomize_
+
+    vdt, _ = ctx.request.getfixturevalue("tiny_models")
+    return add_fp16(ctx.bundle_copy(), randomize_(VDT(vdt.config), 5))  # same config, other weights
 
 
 def _pickled_checkpoint(ctx: Ctx):
@@ -246,6 +302,42 @@ def _malformed(c: Ctx) -> Path:
     return path
 
 
+def _request(c, **kw):
+    from vdt_runtime import Request
+
+    return Request(**{"task": "predict", "frames": c.clip[:2], "steps": 1, **kw})
+
+
+def _generate_params(c, **params):
+    from vdt_runtime import Request
+
+    return c.pipe.generate([Request.from_params({"steps": 1, **params}, frames=c.clip[:4])])
+
+
+def _forged_npy(c) -> Path:
+    """A .npy whose header claims 8e14 bytes of float64, followed by 64 bytes (np.load: MemoryError)."""
+    import io
+
+    header = np.lib.format.header_data_from_array_1_0(np.ones((4, 8, 8)))
+    header["shape"] = (10**6, 10**6, 100)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    return c.file("forged.npy", buf.getvalue() + b"\0" * 64)
+
+
+def _npz_named_npy(c) -> Path:
+    np.savez(c.tmp / "m.npz", mask=np.ones((4, 8, 8)))
+    return Path(shutil.copyfile(c.tmp / "m.npz", c.tmp / "m.npy"))
+
+
+def _cropping_decoder(c):
+    """A pipeline whose decoder answers a pixel short of the manifest's size (as a mis-exported graph would)."""
+    pipe = Pipeline.load(c.bundle, backend="cpu", options={"threads": 1})
+    run = pipe._dec.run
+    pipe._dec.run = lambda feed: {k: v[..., :-1, :-1] for k, v in run(feed).items()}
+    return pipe
+
+
 CASES = [
     # --- frames --------------------------------------------------------------------------------------
     Case("frames-no-time-axis", "InputError", ("[T, H, W, 3]", "(16, 16, 3)"),
@@ -296,7 +388,30 @@ CASES = [
          lambda c: c.pipe.complete(c.clip[:1], given=[9], total=4, steps=1)),
     Case("box-outside-image", "InputError", ("(0, 0, 99, 99)", "y1 <= 16"),
          lambda c: c.pipe.inpaint(c.clip[:2], box=(0, 0, 99, 99), steps=1)),
+    Case("positions-duplicate", "InputError", ("given names frame position(s) [2] more than once",),
+         lambda c: c.pipe.complete(c.clip[:2], given=[2, 2], total=4, steps=1)),
+    Case("positions-empty", "InputError", ("given is empty", "at least one frame position"),
+         lambda c: c.pipe.complete(c.clip[:2], given=[], total=4, steps=1)),
+    Case("rollout-over-in-memory-cap", "InputError", ("total=1025", "maximum 1024 returned in memory",
+                                                      "rollout_stream"),
+         lambda c: c.pipe.rollout(c.clip, total=1025, cond=2, steps=1)),
+    Case("box-negative-parameter", "InputError", ("box coordinate", "got -1"),
+         lambda c: _generate_params(c, task="inpaint", box="-1,0,8,8")),
+    Case("parameter-not-an-integer", "InputError", ("parameter 'total'", "integer", "'4.5'"),
+         lambda c: _generate_params(c, task="predict", total="4.5")),
+    # --- requests ------------------------------------------------------------------------------------
+    Case("generate-none", "InputError", ("generate takes a list of Requests", "got None"),
+         lambda c: c.pipe.generate(None)),
+    Case("requests-index", "InputError", ("requests[1]: ", "total=9", "max_frames=8"),
+         lambda c: c.pipe.generate([_request(c, total=4), _request(c, total=9)])),
     # --- masks ---------------------------------------------------------------------------------------
+    Case("mask-npy-forged-header", "InputError", ("forged.npy", "header claims shape (1000000, 1000000, 100)",
+                                                  "holds 64 bytes"),
+         lambda c: read_mask(_forged_npy(c))),
+    Case("mask-npz-as-npy", "InputError", ("m.npy", "it is an .npz archive", "numpy.save"),
+         lambda c: read_mask(_npz_named_npy(c))),
+    Case("mask-npz-suffix", "InputError", ("m.npz", "must be a .npy file"),
+         lambda c: read_mask(c.file("m.npz", b"PK\x03\x04"))),
     Case("mask-wrong-spatial-size", "InputError", ("(5, 5)", "latent (8, 8)", "image (16, 16)"),
          lambda c: c.run_mask(np.ones((4, 5, 5)))),
     Case("mask-wrong-frame-count", "InputError", ("T = total = 4", "(3, 8, 8)"),
@@ -358,8 +473,13 @@ CASES = [
          lambda c: write_video(c.tmp / "in.gif", c.clip, protect={"input": c.tmp / "in.gif"})),
     Case("output-inside-bundle", "InputError", ("lies inside the bundle",),
          lambda c: write_video(c.bundle / "out.mp4", c.clip, protect={"bundle": c.bundle})),
-    Case("output-fps-zero", "InputError", ("fps", "(0, 1000]", "got 0"),
+    Case("output-fps-zero", "InputError", ("fps", "[0.01, 1000]", "got 0"),
          lambda c: write_video(c.tmp / "out.gif", c.clip, fps=0)),
+    Case("output-fps-tiny", "InputError", ("fps", "[0.01, 1000]", "100 s a frame", "got 0.001"),
+         lambda c: write_video(c.tmp / "out.gif", c.clip, fps=0.001)),
+    Case("decoder-output-size", "BundleError", ("stage vae_decoder returned shape (2, 3, 15, 15)",
+                                                "manifest declares (2, 3, 16, 16)"),
+         lambda c: _cropping_decoder(c).predict(c.clip[:2], total=4, steps=1)),
     Case("output-unknown-extension", "InputError", ("'.avi'", ".mp4, .webm, .gif"),
          lambda c: write_video(c.tmp / "out.avi", c.clip)),
     Case("output-frames-not-uint8", "InputError", ("uint8 [T, H, W, 3]", "float64"),
@@ -391,6 +511,8 @@ CASES = [
          lambda c: Bundle.load(c.bundle_copy(_garbage_denoiser))),
     Case("bundle-fused-unreadable", "BundleError", ("denoiser.fused.onnx", "not a readable ONNX model"),
          lambda c: Bundle.load(c.bundle_copy(_garbage_fused_denoiser))),
+    Case("bundle-graph-truncated", "BundleError", ("vae_decoder.onnx", "not a readable ONNX model", "past the end"),
+         lambda c: Bundle.load(c.bundle_copy(_truncated_decoder))),
     Case("bundle-symlink-out", "BundleError", ("'vae_decoder.onnx'", "outside the bundle folder", "symlinks"),
          lambda c: Bundle.load(c.bundle_copy(_symlink_out))),
     Case("bundle-external-data-unlisted", "BundleError", ("denoiser.onnx", "'weights.data'", "do not list"),
@@ -400,7 +522,7 @@ CASES = [
     Case("bundle-batch-max-string", "BundleError", ("max must be an integer", "1..65536", "'16'"),
          lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["stages"]["denoiser"]["dynamic_axes"]["batch"].update(
              max="16")))),
-    Case("bundle-batch-max-negative", "BundleError", ("max must be an integer", "got -1"),
+    Case("bundle-batch-max-negative", "BundleError", ("max must be in 1..65536", "got -1"),
          lambda c: Bundle.load(c.bundle_copy(lambda m, p: m["stages"]["vae_decoder"]["dynamic_axes"]["batch"].update(
              max=-1)))),
     Case("bundle-timesteps-string", "BundleError", ("diffusion.num_timesteps", "integer in 2..100000", "'1000'"),
@@ -424,6 +546,21 @@ CASES = [
          lambda c: Bundle.load(c.bundle_copy(lambda m, p: m.update(sampling={"sampler": "euler", "steps": 10})))),
     Case("fused-not-bool", "InputError", ("fused", "True or False", "'yes'"),
          lambda c: Pipeline.load(c.bundle, backend="cpu", options={"fused": "yes"})),
+    # --- export commands that amend or write bundles (vdt_export) --------------------------------------
+    Case("quantize-corrupt-bundle", "BundleError", ("'denoiser.data'", "hash check"),
+         lambda c: _quantize(c.bundle_copy(lambda m, p: _corrupt_data(m, p)))),
+    Case("quantize-fused-unreadable", "BundleError", ("denoiser.fused.onnx", "not a readable ONNX model"),
+         lambda c: _quantize(c.bundle_copy(_garbage_fused_denoiser))),
+    Case("fp16-other-weights", "InputError", ("fp16 denoiser", "fp16 rounding allows 1% / 5%",
+                                              "not the weights the bundle was exported from"),
+         _fp16_of_other_weights),
+    Case("export-out-inside-bundle", "InputError", ("nested", "lies inside bundle"), _export_inside_bundle),
+    Case("option-value-unknown", "InputError", ("graph_optimization must be one of", "disable, basic, extended, all", "'max'"),
+         lambda c: Pipeline.load(c.bundle, backend="cpu", options={"graph_optimization": "max"})),
+    Case("cuda-graph-without-binding", "InputError", ("cuda_graph needs io_binding",),
+         lambda c: _ort_options("cuda", cuda_graph=True, io_binding=False)),
+    Case("engine-json-not-object", "BackendError", ("no usable TensorRT engine", "is not a JSON object"),
+         lambda c: _engine_json_not_object(c)),
     # --- checkpoints (vdt_export) --------------------------------------------------------------------
     Case("checkpoint-other-config", "CheckpointError", ("VDT-S/2", "depth=12", "depth=2"),
          lambda c: _load_vdt(c, c.state_dict(), "VDT-S/2")),

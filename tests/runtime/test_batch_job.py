@@ -99,7 +99,7 @@ def test_a_user_mask_for_every_row(tiny_bundle, tmp_path, capsys):
 
     np.save(tmp_path / "m.npy", mask)
     assert main(["batch", str(src), str(tmp_path / "o"), "--task", "predict", "--mask", str(tmp_path / "m.npy")]) == 2
-    assert "--mask is for --task inpaint" in capsys.readouterr().err
+    assert "mask is for task 'inpaint'" in capsys.readouterr().err
 
 
 def test_clip_rows_refuses_bad_jobs_before_reading_clips(clips, tmp_path):

@@ -202,7 +202,7 @@ def test_newer_optional_fields_and_precisions_are_accepted(bundle_copy):
      "must include model.input_size = 8"),
     (lambda m: m["files"]["denoiser.onnx"].update(sha256="abc"), "64 hex digits"),
     (lambda m: m["files"]["denoiser.onnx"].update(size="1"), "size must be an integer"),
-    (lambda m: m["model"].update(max_frames=4), "max_frames must be an integer in model.num_frames=8"),
+    (lambda m: m["model"].update(max_frames=4), "max_frames must be in model.num_frames=8"),
     (lambda m: m["model"].update(patch_size=3), "not a multiple of model.patch_size=3"),
 ])
 def test_strict_schema(bundle_copy, edit, match):

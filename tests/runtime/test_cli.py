@@ -24,7 +24,7 @@ def clip_path(tmp_path_factory):
 @pytest.mark.parametrize("task,flags,frames", [
     ("predict", ["--cond", "3", "--total", "5"], 5),
     ("backward", ["--cond", "2", "--total", "4"], 4),
-    ("interpolate", ["--stride", "2", "--total", "7"], 7),
+    ("interpolate", ["--stride", "2", "--total", "5"], 5),  # frames 0, 2, 4 of the 6-frame clip
     ("image_to_video", ["--total", "3"], 3),
     ("unconditional", ["--total", "3"], 3),
     ("complete", ["--given", "0,2", "--total", "4"], 4),
@@ -77,6 +77,10 @@ def test_bench_prints_a_table(tiny_bundle, capsys):
     (["--task", "unconditional", "--out", "OUT/x.gif", "--steps", "0"], "steps"),
     (["--task", "predict", "--out", "OUT/x.gif", "--cond", "2", "--total", "20"], "max_frames"),
     (["--task", "rollout", "--out", "OUT/x.gif", "--cond", "2"], "rollout' needs total"),
+    (["--task", "inpaint", "--out", "OUT/x.gif", "--box", "-1,0,8,8"], "box coordinate must be >= 0, got -1"),
+    (["--task", "predict", "--out", "OUT/x.gif", "--fps", "0.001"], "fps must be a number in [0.01, 1000]"),
+    (["--task", "complete", "--out", "OUT/x.gif", "--given", "2,2", "--total", "4"], "[2] more than once"),
+    (["--task", "predict", "--out", "OUT/x.gif", "--total", "4.5"], "parameter 'total' must be an integer"),
 ])
 def test_typed_errors_exit_2_with_one_line(tiny_bundle, clip_path, tmp_path, capsys, args, match):
     args = [a.replace("OUT", str(tmp_path)) for a in args]
@@ -190,3 +194,32 @@ def test_hostile_arguments_give_one_line_never_a_traceback(tiny_bundle, clip_pat
     assert len(err) == 1 and "error: " in err[0] and len(err[0]) < 1100, err
     assert "Traceback" not in err[0]
     assert not (tmp_path / "x.gif").exists()
+
+
+def test_interpolate_takes_the_keyframes_from_a_full_length_clip(tmp_path, capsys):
+    """The README's `vdt run --task interpolate --input samples/bounce16.gif --stride 5` (issue 21, class 6): the
+    16-frame clip is the full-length video, frames 0, 5, 10, 15 are kept; it used to fail asking for total=76."""
+    out = tmp_path / "i.gif"
+    assert main(["run", "--task", "interpolate", "--input", str(REPO / "samples" / "bounce16.gif"), "--stride", "5",
+                 "--out", str(out), "--steps", "2", "--no-progress", "--backend", "cpu"]) == 0, capsys.readouterr().err
+    clip, got = read_video(REPO / "samples" / "bounce16.gif"), read_video(out)
+    assert got.shape == clip.shape == (16, 32, 32, 3)
+    assert capsys.readouterr().out.count("wrote") == 1
+
+
+def test_run_reads_the_bundle_once_and_hands_it_to_the_pipeline(tiny_bundle, clip_path, tmp_path, monkeypatch):
+    """`vdt run` loaded (and checked) the bundle twice: once for its own checks, once in Pipeline.load."""
+    from vdt_runtime.bundle import Bundle
+    from vdt_runtime.pipeline import Pipeline
+
+    loads, load = [], Bundle.load.__func__
+    monkeypatch.setattr(Bundle, "load", classmethod(lambda cls, *a, **k: (loads.append(a), load(cls, *a, **k))[1]))
+    for task in (["--task", "predict", "--cond", "2", "--total", "4"],
+                 ["--task", "rollout", "--cond", "2", "--total", "11", "--window", "5"]):
+        loads.clear()
+        assert main(["run", *task, "--bundle", str(tiny_bundle), "--input", str(clip_path), "--steps", "2",
+                     "--out", str(tmp_path / f"{task[1]}.gif"), "--no-progress", "--backend", "cpu"]) == 0
+        assert len(loads) == 1, loads
+    bundle = load(Bundle, tiny_bundle)
+    with Pipeline.load(bundle, backend="cpu") as pipe:
+        assert pipe.bundle is bundle

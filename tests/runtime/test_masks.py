@@ -32,9 +32,8 @@ def test_tasks_tuple():
         ("image_to_video", 4, {}, [0, 1, 1, 1]),
         ("unconditional", 3, {}, [1, 1, 1]),
         ("unconditional", 1, {}, [1]),
-        ("complete", 5, {"given": [0, 3, 3]}, [0, 1, 1, 0, 1]),
+        ("complete", 5, {"given": [0, 3]}, [0, 1, 1, 0, 1]),
         ("complete", 3, {"given": np.array([2])}, [1, 1, 0]),
-        ("complete", 3, {"given": []}, [1, 1, 1]),
     ],
 )
 def test_frame_tasks(task, total, kwargs, want):
@@ -89,7 +88,9 @@ def test_inpaint_default_is_all_frames_and_aligned_box_is_exact():
         ("inpaint", 3, {"box": (0, -1, 8, 8), "image_hw": (32, 48)}, "box coordinate must be >= 0, got -1"),
         ("inpaint", 3, {"box": (0, 0, 8, 8), "image_hw": (30, 48)}, "whole multiple"),
         ("inpaint", 3, {"box": (0, 0, 8, 8), "image_hw": (32, 48), "box_frames": [3]}, r"0\.\.2, got 3"),
-        ("inpaint", 3, {"box": (0, 0, 8, 8), "image_hw": (32, 48), "box_frames": []}, "nothing to generate"),
+        ("inpaint", 3, {"box": (0, 0, 8, 8), "image_hw": (32, 48), "box_frames": []}, "box_frames is empty"),
+        ("complete", 5, {"given": [0, 3, 3]}, r"given names frame position\(s\) \[3\] more than once"),  # one lost
+        ("complete", 3, {"given": []}, "given is empty"),  # every supplied frame ignored
         ("unconditional", 3, {}, None),  # control: no error
     ],
 )

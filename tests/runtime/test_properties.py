@@ -121,13 +121,18 @@ def broken_rules(task: str, kw: dict, supplied: int) -> dict[str, str]:
     elif task == "complete":
         if not all(0 <= i < total for i in kw["given"]):
             broken["given indices are 0..total-1"] = "given"
+        elif not kw["given"]:
+            broken["given names at least one position"] = "given is empty"
+        elif len(set(kw["given"])) < len(kw["given"]):
+            broken["each given position once (one frame each)"] = "more than once"
         else:
             given = set(kw["given"])
     elif task == "inpaint":
         y0, x0, y1, x1 = kw["box"]
         if not (0 <= y0 < y1 <= PIXEL and 0 <= x0 < x1 <= PIXEL):
             broken["box is non-empty, inside the image"] = "box"
-        elif (y0, x0, y1, x1) != (0, 0, PIXEL, PIXEL):  # a box short of the whole image leaves cells given
+        elif (y0 // FACTOR, x0 // FACTOR, -(-y1 // FACTOR), -(-x1 // FACTOR)) != (0, 0, LATENT, LATENT):
+            # a box that does not touch every latent cell leaves cells given (a box of 15 px still touches all 8)
             given = set(range(total))
     if task != "inpaint" and len(given) == total:  # per-frame tasks give whole frames; a box always generates
         broken["something to generate"] = "nothing to generate"

@@ -12,7 +12,7 @@ from vdt_runtime import Pipeline
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.cli import main
 from vdt_runtime.errors import BundleError, InputError
-from vdt_runtime.samplers import DEFAULT_SAMPLING, Sampling, parse_sampling
+from vdt_runtime.settings import DEFAULT_SAMPLING, Sampling, parse_sampling
 
 
 def _with_sampling(src: Path, dst: Path, sampling) -> Path:

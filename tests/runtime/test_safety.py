@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 
 from vdt_runtime import Pipeline, cli
 from vdt_runtime import bundle as bundle_module
-from vdt_runtime.backends import ort as ort_backend
 from vdt_runtime.errors import BundleError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +119,7 @@ def _tampered(tiny_bundle, tmp_path) -> Path:
 def sessions(monkeypatch):
     """Records every onnxruntime session created (the files it was asked to load), in order with hashing."""
     events = []
-    real_session, real_hash = ort_backend.ort.InferenceSession, bundle_module.sha256_file
+    real_session, real_hash = onnxruntime.InferenceSession, bundle_module.sha256_file
 
     def session(path, *args, **kwargs):
         events.append(("session", Path(path).name))
@@ -129,7 +129,7 @@ def sessions(monkeypatch):
         events.append(("hash", Path(path).name))
         return real_hash(path, *args, **kwargs)
 
-    monkeypatch.setattr(ort_backend.ort, "InferenceSession", session)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
     monkeypatch.setattr(bundle_module, "sha256_file", hashed)
     return events
 

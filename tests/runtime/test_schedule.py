@@ -108,9 +108,9 @@ def test_bad_steps_named(steps):
 @pytest.mark.parametrize(
     "kwargs, word",
     [
-        ({"prediction_type": "x0"}, "prediction_type 'x0'"),
-        ({"variance_type": "learned"}, "variance_type 'learned'"),
-        ({"beta_schedule": "cosine"}, "beta_schedule 'cosine'"),
+        ({"prediction_type": "x0"}, "prediction_type must be one of epsilon, v, got 'x0'"),
+        ({"variance_type": "learned"}, "variance_type must be one of learned_range, fixed_small, got 'learned'"),
+        ({"beta_schedule": "cosine"}, "beta_schedule must be one of linear, got 'cosine'"),
         ({"num_timesteps": 10}, "num_timesteps=10"),
         ({"num_timesteps": 1}, "num_timesteps"),
     ],

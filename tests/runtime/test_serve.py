@@ -62,7 +62,7 @@ def test_callable_serves_good_requests_next_to_refused_ones(tiny_pipeline):
     requests = [FakeRequest(b"predict", clip, total=5, steps=2, seed=4),
                 FakeRequest(b"zoom", clip, total=5),
                 FakeRequest(b"complete", clip[:2], given="3,0", total=5, steps=2, seed=5, sampler="ddim", eta="0.5"),
-                FakeRequest(b"predict", clip, total="5"),
+                FakeRequest(b"predict", clip, total="five"),
                 FakeRequest(b"predict", clip, colour="red")]
     out = InferCallable(tiny_pipeline)(requests)
     want = tiny_pipeline.generate([Request(task="predict", frames=clip, total=5, steps=2, seed=4),
@@ -86,6 +86,44 @@ def test_serve_without_pytriton_says_how_to_get_it(tiny_bundle, capsys):
         pytest.skip("PyTriton is installed here (the refusal is for installs without it)")
     assert main(["serve", str(tiny_bundle), "--backend", "cpu"]) == 2
     assert "pip install 'vdt[serve]'" in capsys.readouterr().err
+
+
+def test_a_refusal_of_one_request_never_fails_its_batch_mates(tiny_pipeline, monkeypatch):
+    """Issue 19/21: an in-memory rollout over 1,024 frames passed the plan, then generate refused it and PyTriton failed
+    the whole batch. The plan refuses it now; and a failure generate still raises is answered request by request."""
+    from vdt_runtime import Request
+    from vdt_runtime.errors import BackendError
+    from vdt_runtime.serve import InferCallable
+
+    clip = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    batch = [FakeRequest(b"predict", clip, total=5, steps=2, seed=1),
+             FakeRequest(b"rollout", clip, cond=2, total=100_000, steps=2, seed=2),
+             FakeRequest(b"complete", clip[:2], given="", total=5, steps=2, seed=3),
+             FakeRequest(b"interpolate", clip, stride=2, total="5", steps="2", seed="4"),
+             FakeRequest(b"inpaint", clip, box="-1,0,8,8", total=3, steps=2)]
+    out = InferCallable(tiny_pipeline)(batch)
+    want = tiny_pipeline.generate([Request(task="predict", frames=clip, total=5, steps=2, seed=1),
+                                   Request(task="interpolate", frames=clip, stride=2, total=5, steps=2, seed=4)])
+    np.testing.assert_array_equal(out[0]["frames"][0], want[0].frames)
+    np.testing.assert_array_equal(out[3]["frames"][0], want[1].frames)
+    errors = {i: out[i]["error"][0, 0].decode() for i in (1, 2, 4)}
+    assert all("frames" not in out[i] for i in errors)
+    assert "rollout total=100000 frames is above the maximum 1024 returned in memory" in errors[1], errors[1]
+    assert "given is empty" in errors[2], errors[2]
+    assert "box coordinate" in errors[4] and "-1" in errors[4], errors[4]
+
+    generate = tiny_pipeline.generate
+
+    def failing(requests):  # a backend failure that only one request's run meets
+        if any(r.seed == 13 for r in requests):
+            raise BackendError("the denoiser failed on this one")
+        return generate(requests)
+
+    monkeypatch.setattr(tiny_pipeline, "generate", failing)
+    out = InferCallable(tiny_pipeline)([FakeRequest(b"predict", clip, total=5, steps=2, seed=1),
+                                        FakeRequest(b"predict", clip, total=5, steps=2, seed=13)])
+    np.testing.assert_array_equal(out[0]["frames"][0], want[0].frames)
+    assert out[1]["error"][0, 0].decode() == "BackendError: the denoiser failed on this one"
 
 
 def test_serve_under_another_python_build_prints_the_fix(tiny_bundle, tmp_path):

@@ -143,6 +143,20 @@ def test_cache_finds_checks_and_refuses(bundle, tmp_path):
     assert "no readable" in te.find_engine(tmp_path, spec, H100)[1][0]
 
 
+@pytest.mark.parametrize("meta", ["[1, 2]", '"text"', "3", "null",
+                                  '{"flags": [1], "compute_capability": 9}', '{"compute_capability": "9.0"}'])
+def test_engine_json_of_the_wrong_shape_is_a_rejection_not_a_crash(bundle, tmp_path, meta):
+    """issue 21 class 5: an engine-cache .json that is not an object (or whose fields are of the wrong type) is a
+    rejected candidate, refused with a typed BackendError naming it — never an AttributeError from inside."""
+    spec = _spec(bundle)
+    path = te.write_engine(tmp_path, spec, H100, b"plan bytes")
+    path.with_suffix(".json").write_text(meta)
+    plan, rejected = te.find_engine(tmp_path, spec, H100)
+    assert plan is None and rejected[0].startswith(path.name)
+    with pytest.raises(BackendError, match=f"no usable TensorRT engine.*{path.name}"):
+        te.ensure_engine(bundle, spec, H100, tmp_path, build=False)
+
+
 def test_missing_engine_build_without_tensorrt_is_a_typed_error(bundle, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without it
     with pytest.raises(BackendError, match="tensorrt package"):
@@ -154,9 +168,9 @@ def test_precision_policy(bundle):
         te.build_spec(bundle, "denoiser", "int8")
     with pytest.raises(InputError, match="vdt-export fp16"):
         te.build_spec(bundle, "denoiser", "fp16")  # the tiny bundle has no fp16 ONNX
-    from vdt_runtime.backends import tensorrt as backend
+    from vdt_runtime.backends.tensorrt import TensorRTBackend
 
-    assert backend.precisions(bundle, "denoiser") == ("fp32",)
+    assert TensorRTBackend.precisions(bundle, "denoiser", "tensorrt") == ("fp32",)
     with pytest.raises(InputError, match="hardware_compat"):
         replace(_spec(bundle), hardware_compat="turing+")
     with pytest.raises(InputError, match="workspace_gb"):
@@ -164,18 +178,18 @@ def test_precision_policy(bundle):
 
 
 def test_options_checked(bundle):
-    from vdt_runtime.backends import tensorrt as backend
     from vdt_runtime.backends.base import check_options
+    from vdt_runtime.backends.tensorrt import TensorRTBackend, TrtOptions
 
     with pytest.raises(InputError, match="does not take option.*'threads'.*cache_dir"):
-        check_options("tensorrt", {"threads": 2}, backend.OPTIONS)
-    ok = backend.check_tensorrt_options({**backend.OPTIONS, "frame_buckets": [4, 8], "cache_dir": "x"})
-    assert ok["frame_buckets"] == (4, 8) and str(ok["cache_dir"]) == "x"
-    assert backend.check_tensorrt_options({**backend.OPTIONS, "frame_buckets": "4,8"})["frame_buckets"] == (4, 8)
+        check_options("tensorrt", {"threads": 2}, TensorRTBackend)
+    ok = check_options("tensorrt", {"frame_buckets": [4, 8], "cache_dir": "x", "workspace_gb": "2.5"}, TensorRTBackend)
+    assert ok.frame_buckets == (4, 8) and str(ok.cache_dir) == "x" and ok.workspace_gb == 2.5
+    assert TrtOptions(frame_buckets="4,8").frame_buckets == (4, 8)
     for bad in ({"cuda_graph": "yes"}, {"device_id": -1}, {"frame_buckets": "4,x"}, {"frame_buckets": 4},
                 {"cache_dir": 3}, {"workspace_gb": "lots"}):
         with pytest.raises(InputError):
-            backend.check_tensorrt_options({**backend.OPTIONS, **bad})
+            TrtOptions(**bad)
 
 
 def test_default_cache_dir_outside_the_bundle(monkeypatch, tmp_path):

@@ -1,58 +1,84 @@
-"""Backend choice, compute precision and options: `plan()` decides, `open_backend()` opens one stage.
+"""Backend choice, compute precision and options, planned once: `plan()` decides everything, `Plan.open()` opens
+one stage exactly as planned (Pipeline.load opens every stage from one plan; nothing re-plans).
 
-One module per backend family, imported only when chosen (BACKENDS). Each exposes PRECISIONS, OPTIONS,
-available(backend), precisions(bundle, stage, backend) (default first) and open(bundle, stage, backend,
-precision, options); see base.py for the Backend object they return.
+Each backend family is one Backend subclass registered below by the choices it serves; its heavy library is
+imported only when it is used. See base.py for what a family declares.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from vdt_runtime.backends.base import Backend, check_options, nvidia_gpus
+from vdt_runtime.backends.openvino import OpenVINOBackend
+from vdt_runtime.backends.ort import CPU, OrtBackend, available_providers
+from vdt_runtime.backends.tensorrt import TensorRTBackend
 from vdt_runtime.bundle import STAGES, Bundle
 from vdt_runtime.errors import BackendError, InputError
+from vdt_runtime.settings import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # compute precisions
-# backend choice -> module implementing it
-BACKENDS = {
-    "cpu": "vdt_runtime.backends.ort",
-    "cuda": "vdt_runtime.backends.ort",
-    "ort-tensorrt": "vdt_runtime.backends.ort",
-    "tensorrt": "vdt_runtime.backends.tensorrt",  # native engines (needs tensorrt, cuda-python and a GPU)
-    "openvino": "vdt_runtime.backends.openvino",
+# backend choice -> the family that serves it
+BACKENDS: dict[str, type[Backend]] = {
+    "cpu": OrtBackend,  # onnxruntime, CPU provider
+    "cuda": OrtBackend,  # onnxruntime, CUDA provider (CPU for what it cannot run)
+    "ort-tensorrt": OrtBackend,  # onnxruntime, TensorRT provider (then CUDA, CPU)
+    "tensorrt": TensorRTBackend,  # native engines (needs tensorrt, cuda-python and a GPU)
+    "openvino": OpenVINOBackend,
 }
 CHOICES = ("auto", *BACKENDS)
 # backend="auto": candidates (backend, precision), fastest first, at LOSSLESS precisions only; an explicit
-# precision goes to the first candidate backend that runs it. On a machine with an NVIDIA GPU onnxruntime gets its
-# best providers ("ort-auto": TensorRT, CUDA, CPU, whichever load, quietly; internal, not a choice users name).
+# precision goes to the first candidate backend that runs it.
 # Lossless, by the rule in benchmarks/eval_physics.py --compare: on the default eval the paired difference against
 # fp32 is not significantly worse (2 s.e.) in position error or PSNR. bf16 fails it on the default model
 # (PSNR -0.014 ± 0.006 dB over the default eval's 64 clips, BENCHMARKS.md §7), so auto never picks bf16; int8
 # and fp16 are never lossless. On the CPU, onnxruntime's fused fp32 graph and OpenVINO fp32 are within noise of
 # each other (§7); onnxruntime comes first (it is always installed), OpenVINO when the options are OpenVINO's.
-_AUTO_GPU = (("ort-auto", "fp32"),)
+# On a machine whose driver reports an NVIDIA GPU and whose onnxruntime offers a GPU provider, onnxruntime's CUDA
+# provider comes first: fp32 with TF32 off is the lossless GPU choice. onnxruntime's TensorRT provider builds
+# engines at load (minutes, cached) and is never chosen by auto unless CUDA is missing from this onnxruntime;
+# the native "tensorrt" backend needs an engine build and a named precision, so it is asked for by name.
+_AUTO_GPU = (("cuda", "fp32"), ("ort-tensorrt", "fp32"))
 _AUTO_CPU = (("cpu", "fp32"), ("openvino", "fp32"))
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What Pipeline.load opens: one backend choice, a precision per stage, its options, and why (auto)."""
+    """What opens: one backend choice, a precision per stage, the family's checked options, what its runtime is
+    asked for (onnxruntime: the provider list), and why (auto). Fully decided: `open` only builds."""
 
     backend: str
-    precisions: dict[str, str]
-    options: dict[str, Any]
+    precisions: Mapping[str, str]
+    options: Any  # the family's frozen Options
+    providers: tuple[str, ...] = ()
     chosen: str | None = None  # auto only: what it picked and why
 
+    @property
+    def family(self) -> type[Backend]:
+        return BACKENDS[self.backend]
 
-def _module(backend: str):
-    return importlib.import_module(BACKENDS.get(backend, "vdt_runtime.backends.ort"))
+    def open(self, bundle: Bundle, stage: str) -> Backend:
+        """The backend for one planned `stage`."""
+        if stage not in self.precisions:
+            raise InputError(f"stage {stage!r} is not in this plan (it plans {', '.join(self.precisions)})")
+        return self.family.open(bundle, stage, self)
+
+    def open_all(self, bundle: Bundle) -> dict[str, Backend]:
+        """Every planned stage opened; on a failure the ones already open are closed."""
+        opened: dict[str, Backend] = {}
+        try:
+            for stage in self.precisions:
+                opened[stage] = self.open(bundle, stage)
+        except BaseException:
+            for b in opened.values():
+                b.close()
+            raise
+        return opened
 
 
 def available(backend: str) -> str | None:
     """None when `backend` can be used on this machine, else a one-line reason."""
-    return None if backend == "auto" else _module(backend).available(backend)
+    _check_choice(backend)
+    return None if backend == "auto" else BACKENDS[backend].available(backend)
 
 
 def runnable(bundle: Bundle, backend: str, stages=STAGES) -> dict[str, tuple[str, ...]]:
@@ -62,13 +88,12 @@ def runnable(bundle: Bundle, backend: str, stages=STAGES) -> dict[str, tuple[str
                 for s in stages}
     if available(backend) is not None:
         return {}
-    module = _module(backend)
-    return {s: tuple(module.precisions(bundle, s, backend)) for s in stages}
+    return {s: tuple(BACKENDS[backend].precisions(bundle, s, backend)) for s in stages}
 
 
 def plan(bundle: Bundle, backend: str = "auto", precision: str | None = None,
          options: Mapping[str, Any] | None = None, stages=STAGES) -> Plan:
-    """Resolve a backend choice ("auto" included), the precision of each stage and the options.
+    """Resolve a backend choice ("auto" included), the precision of each stage, the options and the providers.
 
     An explicit precision runs on every stage that can run it (the others keep their default); one that no
     stage can run is refused, naming what the backend runs. Unknown option keys are refused by the backend.
@@ -89,20 +114,22 @@ def plan(bundle: Bundle, backend: str = "auto", precision: str | None = None,
     return _plan(bundle, backend, precision, options, can)
 
 
-def _plan(bundle, backend, precision, options, can) -> Plan:
+def _plan(bundle, backend, precision, options, can, chosen=None) -> Plan:
     missing = [s for s, ps in can.items() if not ps]
     if missing:
         raise InputError(f"backend {backend!r} cannot run stage(s) {', '.join(missing)} of this bundle "
                          f"(files: {', '.join(f'{s}: {list(bundle.precisions(s))}' for s in missing)})")
-    merged = check_options(backend, options, _module(backend).OPTIONS)
-    return Plan(backend, {s: precision if precision in ps else ps[0] for s, ps in can.items()}, merged)
+    family = BACKENDS[backend]
+    precisions = {s: precision if precision in ps else ps[0] for s, ps in can.items()}
+    checked = family.resolve(backend, check_options(backend, options, family), precisions)
+    return Plan(backend, precisions, checked, family.provider_list(backend), chosen)
 
 
 def open_backend(bundle: Bundle, stage: str, backend: str = "cpu", precision: str | None = None,
                  options: Mapping[str, Any] | None = None) -> Backend:
-    """A ready Backend for one `stage` (an explicit precision the stage can't run is refused)."""
-    p = plan(bundle, backend, precision, options, stages=(stage,))
-    return _module(p.backend).open(bundle, stage, p.backend, p.precisions[stage], p.options)
+    """A ready Backend for one `stage`: plan(..., stages=(stage,)).open(bundle, stage) (an explicit precision the
+    stage can't run is refused)."""
+    return plan(bundle, backend, precision, options, stages=(stage,)).open(bundle, stage)
 
 
 def _check_choice(backend) -> None:
@@ -110,32 +137,37 @@ def _check_choice(backend) -> None:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(CHOICES)}")
 
 
-def _auto_candidates() -> tuple[tuple[str, str], ...]:
-    from vdt_runtime.backends.ort import CPU, available_providers
+def machine() -> str:
+    """What auto sees here, in one line: the GPUs the driver reports and the providers onnxruntime offers."""
+    return (f"the NVIDIA driver reports {nvidia_gpus()} GPU(s); onnxruntime offers "
+            f"{', '.join(p.replace('ExecutionProvider', '') for p in available_providers())}")
 
-    gpu = nvidia_gpus() > 0 and set(available_providers()) - {CPU}
+
+def _auto_candidates() -> tuple[tuple[str, str], ...]:
+    gpu = nvidia_gpus() > 0 and bool(set(available_providers()) - {CPU})
     return tuple((b, p) for b, p in (_AUTO_GPU if gpu else _AUTO_CPU) if available(b) is None)
 
 
 def _auto(bundle: Bundle, precision: str | None, options, stages) -> Plan:
     """The first candidate that takes the given option keys and runs the precision (default: its lossless one)."""
-    keys = set(options or {})
+    keys = set(options or {}) if isinstance(options, Mapping) or options is None else set()
     tried = []
     for backend, lossless in _auto_candidates():
-        if not keys <= set(_module(backend).OPTIONS):
-            tried.append(f"{backend} (takes no {', '.join(sorted(keys - set(_module(backend).OPTIONS)))})")
+        takes = set(BACKENDS[backend].option_keys(backend))
+        if not keys <= takes:
+            tried.append(f"{backend} (takes no {', '.join(sorted(keys - takes))})")
             continue
         want = precision or lossless
         can = runnable(bundle, backend, stages)
         if not any(want in can[s] for s in stages):
             tried.append(f"{backend} (cannot run {want})")
             continue
-        p = _plan(bundle, backend, want, options, can)
         why = "asked for" if precision else "the fastest lossless choice measured for this kind of machine"
-        name = "onnxruntime with its best GPU providers" if backend == "ort-auto" else repr(backend)
-        return Plan(backend, p.precisions, p.options, f"auto chose {name} at {want}: {why}")
+        return _plan(bundle, backend, want, options, can,
+                     chosen=f"auto chose {backend!r} at {want}: {why} ({machine()})")
     raise InputError(f"backend 'auto' found nothing that runs precision {precision or 'fp32'!r} with options "
-                     f"{sorted(keys)}; tried: {', '.join(tried)}")
+                     f"{sorted(keys)}; tried: {', '.join(tried) or 'nothing'} ({machine()})")
 
 
-__all__ = ["BACKENDS", "CHOICES", "PRECISIONS", "Backend", "Plan", "available", "open_backend", "plan", "runnable"]
+__all__ = ["BACKENDS", "CHOICES", "PRECISIONS", "Backend", "Plan", "available", "machine", "open_backend", "plan",
+           "runnable"]

@@ -9,22 +9,19 @@ Only the CPU device is tested here; GPU and NPU (Intel edge boxes) are accepted 
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from vdt_runtime.backends.base import Backend, check_io, positive_int_or_none
+from vdt_runtime.backends.base import Backend, cache_folder, check_io, folder_or_none
+from vdt_runtime.checks import check_int_or_none
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BackendError, InputError
 from vdt_runtime.limits import check_threads
 
-PRECISIONS = ("fp32", "bf16", "int8")
-# device: an OpenVINO device name ("CPU", "GPU", "GPU.1", "NPU", "AUTO", ...); threads: INFERENCE_NUM_THREADS;
-# cache_dir: compiled-model cache (CACHE_DIR), outside the bundle; num_streams: NUM_STREAMS
-OPTIONS = {"device": "CPU", "threads": None, "cache_dir": None, "num_streams": None}
 INT8_STAGES = ("denoiser",)
 _HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # compute precision -> INFERENCE_PRECISION_HINT
 _REAL = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}  # compiled model's hint -> compute precision
@@ -34,25 +31,22 @@ _CORE = None
 _CORE_LOCK = threading.Lock()
 
 
-def available(backend: str) -> str | None:
-    """None when the openvino package imports, else how to install it."""
-    try:
-        import openvino  # noqa: F401
-    except Exception as e:  # ImportError, or a broken install
-        return f"openvino is not installed ({type(e).__name__}): pip install 'vdt[openvino]'"
-    return None
+@dataclasses.dataclass(frozen=True)
+class OvOptions:
+    """OpenVINO settings."""
 
+    device: str = "CPU"  # an OpenVINO device name ("CPU", "GPU", "GPU.1", "NPU", "AUTO", ...)
+    threads: int | None = None  # INFERENCE_NUM_THREADS
+    cache_dir: Path | None = None  # compiled-model cache (CACHE_DIR), outside the bundle
+    num_streams: int | None = None  # NUM_STREAMS
 
-def precisions(bundle: Bundle, stage: str, backend: str) -> tuple[str, ...]:
-    """fp32 for a stage with an fp32 file; bf16 where the CPU runs it natively; int8 for the denoiser."""
-    if "fp32" not in bundle.precisions(stage):
-        return ()
-    out = ["fp32"]
-    if native_bf16("CPU"):
-        out.append("bf16")
-    if stage in INT8_STAGES:
-        out.append("int8")
-    return tuple(out)
+    def __post_init__(self):
+        if not isinstance(self.device, str) or not self.device.strip():
+            raise InputError(f"openvino option device must be a device name such as 'CPU' or 'GPU', "
+                             f"got {self.device!r}")
+        check_threads(self.threads)
+        check_int_or_none("num_streams", self.num_streams)
+        object.__setattr__(self, "cache_dir", folder_or_none("openvino option cache_dir", self.cache_dir))
 
 
 def native_bf16(device: str) -> bool:
@@ -68,8 +62,32 @@ class OpenVINOBackend(Backend):
 
     name = "openvino"
     graph = "standard"
+    PRECISIONS = ("fp32", "bf16", "int8")
+    Options = OvOptions
 
-    def __init__(self, bundle: Bundle, stage: str, precision: str, options: dict):
+    @classmethod
+    def available(cls, choice: str = "openvino") -> str | None:
+        """None when the openvino package imports, else how to install it."""
+        try:
+            import openvino  # noqa: F401
+        except Exception as e:  # ImportError, or a broken install
+            return f"openvino is not installed ({type(e).__name__}): pip install 'vdt[openvino]'"
+        return None
+
+    @classmethod
+    def precisions(cls, bundle: Bundle, stage: str, choice: str = "openvino") -> tuple[str, ...]:
+        """fp32 for a stage with an fp32 file; bf16 where the CPU runs it natively; int8 for the denoiser."""
+        if "fp32" not in bundle.precisions(stage):
+            return ()
+        out = ["fp32"]
+        if native_bf16("CPU"):
+            out.append("bf16")
+        if stage in INT8_STAGES:
+            out.append("int8")
+        return tuple(out)
+
+    def __init__(self, bundle: Bundle, stage: str, plan):
+        precision, options = plan.precisions[stage], plan.options
         spec = bundle.stage(stage)
         self.stage, self.inputs, self.outputs = stage, spec.inputs, spec.outputs
         device, config = _config(bundle, options)
@@ -90,13 +108,15 @@ class OpenVINOBackend(Backend):
             self.compiled = core.compile_model(model, device, config)
         except Exception as e:
             raise BackendError(f"openvino could not compile {path.name} for device {device!r}: {_first_line(e)}") from e
-        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type
-        real = _REAL.get(getattr(hint, "get_type_name", lambda: str(hint))(), str(hint))
-        self.precision = "int8" if precision == "int8" else real
+        self.precision = "int8" if precision == "int8" else _real_precision(self.compiled, config)
         if self.precision != precision:
             warnings.warn(f"backend 'openvino' asked for {precision} but stage {stage!r} runs at {self.precision} "
                           f"on {device}", RuntimeWarning, stacklevel=3)
-        self.providers = tuple(f"OpenVINO:{d}" for d in self.compiled.get_property("EXECUTION_DEVICES"))
+        try:
+            devices = self.compiled.get_property("EXECUTION_DEVICES")
+        except Exception as e:
+            raise BackendError(f"openvino device {device!r} does not say where it runs: {_first_line(e)}") from e
+        self.providers = tuple(f"OpenVINO:{d}" for d in devices)
         self._names = [o.name for o in self.outputs]
         self._local = threading.local()
 
@@ -154,39 +174,32 @@ def compress_weights(model) -> int:
     return count
 
 
-def _config(bundle: Bundle, options: dict) -> tuple[str, dict]:
-    """(device, compile config) from the validated option keys."""
-    device = options["device"]
-    if not isinstance(device, str) or not device.strip():
-        raise InputError(f"openvino option device must be a device name such as 'CPU' or 'GPU', got {device!r}")
+def _config(bundle: Bundle, o: OvOptions) -> tuple[str, dict]:
+    """(device, compile config) from the checked options; the device must be on this machine."""
+    device = o.device
     have = _core().available_devices
     if device.split(":")[0] not in _VIRTUAL and device.split(".")[0] not in {d.split(".")[0] for d in have}:
         raise BackendError(f"openvino device {device!r} is not on this machine; it has: {', '.join(have)}")
     config = {}
-    threads = check_threads(options["threads"])
-    if threads is not None:
-        config["INFERENCE_NUM_THREADS"] = threads
-    streams = positive_int_or_none("num_streams", options["num_streams"])
-    if streams is not None:
-        config["NUM_STREAMS"] = streams
-    if options["cache_dir"] is not None:
-        config["CACHE_DIR"] = str(_cache_dir(bundle, options["cache_dir"]))
+    if o.threads is not None:
+        config["INFERENCE_NUM_THREADS"] = o.threads
+    if o.num_streams is not None:
+        config["NUM_STREAMS"] = o.num_streams
+    if o.cache_dir is not None:
+        config["CACHE_DIR"] = str(cache_folder(bundle, o.cache_dir, "openvino"))
     return device, config
 
 
-def _cache_dir(bundle: Bundle, value) -> Path:
-    """The compiled-model cache folder: created if missing, never inside the bundle."""
-    if not isinstance(value, (str, os.PathLike)) or not str(value):
-        raise InputError(f"openvino option cache_dir must be a folder path, got {value!r}")
-    path = Path(value).expanduser().resolve()
-    if path == bundle.path.resolve() or bundle.path.resolve() in path.parents:
-        raise InputError(f"openvino cache_dir {str(path)!r} is inside the bundle {str(bundle.path)!r}; "
-                         "bundles stay read-only, choose a folder outside it")
+def _real_precision(compiled, config: dict) -> str:
+    """The compute precision the compiled model reports. A virtual device (AUTO, MULTI, ...) does not report
+    INFERENCE_PRECISION_HINT; it passed on the hint we set, which only fp32 (f32) and int8 reach (bf16 needs a
+    device that reports native BF16), so that hint is what runs."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"openvino cache_dir {str(path)!r} cannot be created: {e.strerror}") from None
-    return path
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type
+    except Exception:
+        hint = config["INFERENCE_PRECISION_HINT"]
+    name = getattr(hint, "get_type_name", lambda: str(hint))()
+    return _REAL.get(name, name)
 
 
 def _core():
@@ -207,6 +220,3 @@ def _first_line(e: Exception) -> str:
     return text[0][:300] if text else type(e).__name__
 
 
-def open(bundle: Bundle, stage: str, backend: str, precision: str, options: dict) -> OpenVINOBackend:  # noqa: A001
-    """Factory used by `vdt_runtime.backends.open_backend` (options validated for keys, merged with OPTIONS)."""
-    return OpenVINOBackend(bundle, stage, precision, options)

@@ -11,6 +11,7 @@ state) ran on an H200 with a stand-in engine (tests/runtime/test_tensorrt_cuda_s
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,63 +19,39 @@ import numpy as np
 
 from vdt_runtime.backends import trt_engines as engines
 from vdt_runtime._xp import namespace
-from vdt_runtime.backends.base import Backend, boolean, check_io
+from vdt_runtime.backends.base import Backend, check_io, folder_or_none, number
+from vdt_runtime.checks import check_bool, check_int
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BackendError, InputError
 
-PRECISIONS = engines.PRECISIONS
-# cache_dir: engine cache (default vdt_runtime.backends.trt_engines.default_cache_dir()); cuda_graph: capture per (B, T);
-# workspace_gb: builder workspace limit; device_id: CUDA device; frame_buckets: one profile per frame bucket;
-# build: build a missing engine at load (False: refuse); device_state: hand CuPy arrays to the sampler
-OPTIONS = {"cache_dir": None, "cuda_graph": False, "workspace_gb": 4.0, "device_id": 0, "frame_buckets": (),
-           "build": True, "device_state": True}
 
+@dataclasses.dataclass(frozen=True)
+class TrtOptions:
+    """Native TensorRT settings."""
 
-def available(backend: str = "tensorrt") -> str | None:
-    """None when tensorrt, cuda-python and a CUDA device are all here, else the first thing missing."""
-    try:
-        engines.device_info(0)
-    except BackendError as e:
-        return str(e)
-    return None
+    cache_dir: Path | None = None  # engine cache (None: vdt_runtime.backends.trt_engines.default_cache_dir())
+    cuda_graph: bool = False  # capture one CUDA graph per (profile, shapes) and replay it
+    workspace_gb: float = 4.0  # builder workspace limit
+    device_id: int = 0  # CUDA device
+    frame_buckets: tuple[int, ...] = ()  # one profile per frame bucket, e.g. (4, 8, 16); the CLI's "4,8,16"
+    build: bool = True  # build a missing engine at load (False: refuse)
+    device_state: bool = True  # hand CuPy arrays to the sampler
 
-
-def precisions(bundle: Bundle, stage: str, backend: str = "tensorrt") -> tuple[str, ...]:
-    """fp32 (from the standard ONNX) and fp16 (from the bundle's fp16 ONNX, if it has one), fp32 first."""
-    return tuple(p for p in PRECISIONS if p in bundle.stage(stage).files)
-
-
-def check_tensorrt_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Types and ranges of the merged options (keys were checked by the registry)."""
-    o = dict(options)
-    if o["cache_dir"] is not None and not isinstance(o["cache_dir"], (str, Path)):
-        raise InputError(f"cache_dir must be a folder path or None, got {type(o['cache_dir']).__name__}")
-    for key in ("cuda_graph", "build", "device_state"):
-        boolean(key, o[key])
-    if isinstance(o["device_id"], bool) or not isinstance(o["device_id"], int) or o["device_id"] < 0:
-        raise InputError(f"device_id must be an integer >= 0, got {o['device_id']!r}")
-    buckets = o["frame_buckets"]
-    if isinstance(buckets, str):  # the CLI's -o frame_buckets=4,8,16
-        try:
-            buckets = [int(b) for b in buckets.split(",") if b.strip()]
-        except ValueError:
-            raise InputError(f"frame_buckets must be frame counts like 4,8,16, got {o['frame_buckets']!r}") from None
-    if isinstance(o["workspace_gb"], str):  # the CLI's -o workspace_gb=2.5
-        try:
-            o["workspace_gb"] = float(o["workspace_gb"])
-        except ValueError:
-            raise InputError(f"workspace_gb must be a number, got {o['workspace_gb']!r}") from None
-    engines.check_workspace(o["workspace_gb"])
-    if not isinstance(buckets, (tuple, list)) or any(isinstance(b, bool) or not isinstance(b, int) for b in buckets):
-        raise InputError(f"frame_buckets must be a list of frame counts, e.g. [4, 8, 16], got {buckets!r}")
-    o["frame_buckets"] = tuple(buckets)
-    o["cache_dir"] = Path(o["cache_dir"]) if o["cache_dir"] is not None else engines.default_cache_dir()
-    return o
-
-
-def open(bundle: Bundle, stage: str, backend: str, precision: str, options: dict) -> "TensorRTBackend":  # noqa: A001
-    """Factory used by `vdt_runtime.backends.open_backend`."""
-    return TensorRTBackend(bundle, stage, precision, check_tensorrt_options(options))
+    def __post_init__(self):
+        for key in ("cuda_graph", "build", "device_state"):
+            check_bool(key, getattr(self, key))
+        check_int("device_id", self.device_id, 0)
+        buckets = self.frame_buckets
+        if isinstance(buckets, str):  # the CLI's -o frame_buckets=4,8,16
+            try:
+                buckets = [int(b) for b in buckets.split(",") if b.strip()]
+            except ValueError:
+                raise InputError(f"frame_buckets must be frame counts like 4,8,16, got {buckets!r}") from None
+        if not isinstance(buckets, (tuple, list)) or any(isinstance(b, bool) or not isinstance(b, int) for b in buckets):
+            raise InputError(f"frame_buckets must be a list of frame counts, e.g. [4, 8, 16], got {buckets!r}")
+        object.__setattr__(self, "frame_buckets", tuple(buckets))
+        object.__setattr__(self, "workspace_gb", engines.check_workspace(number("workspace_gb", self.workspace_gb)))
+        object.__setattr__(self, "cache_dir", folder_or_none("cache_dir", self.cache_dir))
 
 
 class TensorRTBackend(Backend):
@@ -82,17 +59,39 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
     graph = "engine"
+    PRECISIONS = engines.PRECISIONS
+    Options = TrtOptions
 
-    def __init__(self, bundle: Bundle, stage: str, precision: str, o: dict[str, Any]):
+    @classmethod
+    def available(cls, choice: str = "tensorrt") -> str | None:
+        """None when tensorrt, cuda-python and a CUDA device are all here, else the first thing missing."""
+        try:
+            engines.device_info(0)
+        except BackendError as e:
+            return str(e)
+        return None
+
+    @classmethod
+    def precisions(cls, bundle: Bundle, stage: str, choice: str = "tensorrt") -> tuple[str, ...]:
+        """fp32 (from the standard ONNX) and fp16 (from the bundle's fp16 ONNX, if it has one), fp32 first."""
+        return tuple(p for p in cls.PRECISIONS if p in bundle.stage(stage).files)
+
+    @classmethod
+    def resolve(cls, choice: str, o: TrtOptions, precisions) -> TrtOptions:
+        return o if o.cache_dir is not None else dataclasses.replace(o, cache_dir=engines.default_cache_dir())
+
+    def __init__(self, bundle: Bundle, stage: str, plan):
+        o: TrtOptions = plan.options
+        precision = plan.precisions[stage]
         trt = engines.import_tensorrt()
         self._cudart = cudart = engines.import_cudart()
         spec = bundle.stage(stage)
         self.stage, self.precision, self.inputs, self.outputs = stage, precision, spec.inputs, spec.outputs
-        device = engines.device_info(o["device_id"])
-        engines.cuda_check(cudart.cudaSetDevice(o["device_id"]), "cudaSetDevice")
-        build = engines.build_spec(bundle, stage, precision, frame_buckets=o["frame_buckets"],
-                                   workspace_gb=o["workspace_gb"])
-        self.plan_path = engines.ensure_engine(bundle, build, device, o["cache_dir"], build=o["build"])
+        device = engines.device_info(o.device_id)
+        engines.cuda_check(cudart.cudaSetDevice(o.device_id), "cudaSetDevice")
+        build = engines.build_spec(bundle, stage, precision, frame_buckets=o.frame_buckets,
+                                   workspace_gb=o.workspace_gb)
+        self.plan_path = engines.ensure_engine(bundle, build, device, o.cache_dir, build=o.build)
         self.profiles = list(build.profiles)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._runtime.engine_host_code_allowed = True  # version-compatible engines carry their lean runtime
@@ -113,29 +112,13 @@ class TensorRTBackend(Backend):
         self._graphs: dict[tuple, Any] = {}  # (profile, input shapes) -> CUDA graph exec
         self._seen: set[tuple] = set()
         self._profile = None
-        self._cuda_graph, self._device_state = o["cuda_graph"], o["device_state"]
+        self._cuda_graph, self._device_state = o.cuda_graph, o.device_state
         self.providers = (f"TensorRT:{device.name}",)
-
-    def array_namespace(self):
-        """CuPy when it is installed and device_state is on (the sampler then keeps its state on the GPU)."""
-        if self._device_state:
-            try:
-                import cupy
-
-                return cupy
-            except ImportError:
-                pass
-        return np
 
     # --- one call ------------------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        if self._closed:
-            raise BackendError(f"stage {self.stage!r} backend tensorrt is closed")
-        want = [s.name for s in self.inputs]
-        if set(inputs) != set(want):
-            raise InputError(f"stage {self.stage!r} takes inputs {sorted(want)}, got {sorted(inputs)}")
-        xp = namespace(*inputs.values())
-        feed = {k: xp.ascontiguousarray(v, dtype=xp.float32) for k, v in inputs.items()}
+        feed = self._feed(inputs)
+        xp = namespace(*feed.values())
         shapes = {k: tuple(int(d) for d in v.shape) for k, v in feed.items()}
         profile = engines.select_profile(self.profiles, shapes, self.stage)
         buffers = self._use_profile(profile)

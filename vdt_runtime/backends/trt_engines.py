@@ -186,7 +186,7 @@ def why_unusable(meta: dict, spec: BuildSpec, device: Device) -> list[str]:
     want = spec.meta(device)
     reasons = [f"{k}: engine {meta.get(k)!r}, wanted {want[k]!r}"
                for k in ("meta_version", "stage", "precision", "onnx_sha256", "profiles") if meta.get(k) != want[k]]
-    flags = meta.get("flags", {})
+    flags = meta.get("flags") if isinstance(meta.get("flags"), dict) else {}
     # flags that change the numbers must match; workspace and the compatibility flags only change how it was
     # built and where it runs (checked just below), so a shipped compatible engine is found by any request
     reasons += [f"flag {k}: engine {flags.get(k)!r}, wanted {want['flags'][k]!r}" for k in NUMERIC_FLAGS
@@ -199,7 +199,8 @@ def why_unusable(meta: dict, spec: BuildSpec, device: Device) -> list[str]:
     elif built_trt != device.tensorrt:
         reasons.append(f"TensorRT: engine built with {built_trt}, this is {device.tensorrt}")
     level = flags.get("hardware_compat", "none")
-    built_cc = tuple(meta.get("compute_capability", ()))
+    built_cc = meta.get("compute_capability")
+    built_cc = tuple(built_cc) if isinstance(built_cc, list) else ()
     if level == "none" and (meta.get("gpu"), built_cc) != (device.name, device.compute_capability):
         reasons.append(f"GPU: engine built for {meta.get('gpu')} (cc {_cc(built_cc)}), this is {device.name} "
                        f"(cc {_cc(device.compute_capability)})")
@@ -262,6 +263,8 @@ def _check_plan(plan: Path, spec: BuildSpec, device: Device) -> list[str]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         return [f"no readable {meta_path.name} ({type(e).__name__})"]
+    if not isinstance(meta, dict):
+        return [f"{meta_path.name} is not a JSON object (a {type(meta).__name__})"]
     reasons = why_unusable(meta, spec, device)
     if not reasons and meta.get("plan_sha256") != sha256_file(plan):
         reasons.append("plan file does not match the sha256 recorded when it was built")

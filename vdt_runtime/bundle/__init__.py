@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vdt_runtime.bundle._manifest import FORMAT, FORMAT_VERSION, PRECISIONS, STAGES, check_manifest, check_relative, \
+from vdt_runtime.bundle._manifest import FORMAT, FORMAT_VERSION, STAGES, check_manifest, check_relative, \
     check_stage, read_manifest
 from vdt_runtime.bundle._onnx_graph import ValueInfo, read_graph_info
 from vdt_runtime.errors import BundleError
-from vdt_runtime.samplers import DEFAULT_SAMPLING, Sampling
 from vdt_runtime.limits import shorten
+from vdt_runtime.settings import DEFAULT_SAMPLING, Sampling
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "PRECISIONS", "STAGES", "Bundle", "Stage", "TensorSpec", "check_io", "default_bundle_path",
+__all__ = ["FORMAT", "FORMAT_VERSION", "STAGES", "Bundle", "Stage", "TensorSpec", "check_io", "default_bundle_path",
            "sha256_file"]
 _SCALED_AXIS = re.compile(r"(\d+)\*([A-Za-z_]\w*)")  # how torch.export names a dim k·x, e.g. "2*latent_height"
 

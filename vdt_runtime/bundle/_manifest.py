@@ -13,14 +13,14 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from vdt_runtime.checks import check_choice, check_int
 from vdt_runtime.errors import BundleError, InputError
 from vdt_runtime.limits import MAX_AXIS, MAX_BUNDLE_FILES, MAX_IMAGE_SIDE, MAX_MANIFEST_BYTES, shorten
-from vdt_runtime.schedule import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES
+from vdt_runtime.settings import BETA_SCHEDULES, PRECISIONS, PREDICTION_TYPES, VARIANCE_TYPES, check_sampling
 
 FORMAT = "vdt-bundle"
 FORMAT_VERSION = 1
 STAGES = ("denoiser", "vae_encoder", "vae_decoder")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # keys of stages.<stage>.files (and the bundle's precision)
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
 _TOP_KEYS = ("format", "format_version", "model", "diffusion", "vae", "image_size", "precision", "stages", "files")
 _MODEL_KEYS = ("input_size", "patch_size", "in_channels", "num_frames", "learn_sigma", "max_frames")
@@ -132,8 +132,6 @@ def check_manifest(m: dict[str, Any], where: Path) -> None:
 
 def _check_recommended_sampling(raw: Any, num_timesteps: int, where: Path) -> None:
     """The optional "sampling" section: {"sampler", "steps", "eta"?, "note"?} that the runtime could run."""
-    from vdt_runtime.samplers import check_sampling
-
     if not isinstance(raw, dict) or not {"sampler", "steps"} <= raw.keys() or not raw.keys() <= _SAMPLING_KEYS:
         raise BundleError(f"{where}: sampling must be an object with sampler, steps and optionally eta, note; "
                           f"got {shorten(raw)}")
@@ -283,9 +281,7 @@ def _require(section: Any, keys: tuple[str, ...], name: str, where: Any) -> None
 
 
 def _int(where: Any, key: str, value: Any, lo: int, hi: int, lo_name: str | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        low = lo_name or lo
-        raise BundleError(f"{where}: {key} must be an integer in {low}..{hi}, got {shorten(value)}")
+    check_int(f"{where}: {key}", value, lo, hi, error=BundleError, low=lo_name)
 
 
 def _number(where: Any, key: str, value: Any) -> None:
@@ -304,5 +300,4 @@ def _text(where: Any, key: str, value: Any) -> None:
 
 
 def _choice(where: Any, key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise BundleError(f"{where}: {key} must be one of {', '.join(choices)}, got {shorten(value)}")
+    check_choice(f"{where}: {key}", value, choices, error=BundleError)

@@ -60,10 +60,10 @@ def read_graph_info(path: str | os.PathLike) -> GraphInfo:
                 raise _Corrupt("the file is empty")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 buf = memoryview(mm)
-                try:
-                    _model(buf, info)
-                finally:
-                    buf.release()
+                problem = _parse(buf, info)
+                buf.release()
+            if problem is not None:
+                raise _Corrupt(problem)
     except _Corrupt as e:
         raise BundleError(f"{path.name} is not a readable ONNX model ({e})") from None
     except OSError as e:
@@ -71,6 +71,17 @@ def read_graph_info(path: str | os.PathLike) -> GraphInfo:
     if not info.inputs or not info.outputs:
         raise BundleError(f"{path.name} is not a readable ONNX model (no graph inputs/outputs found)")
     return info
+
+
+def _parse(buf: memoryview, info: GraphInfo) -> str | None:
+    """Fill `info` from the model bytes; the reason they are corrupt, or None. The exception (and with it every
+    frame holding a slice of `buf`) is gone on return, so the caller can release the mapping: raising through
+    it instead turned a truncated file into a BufferError."""
+    try:
+        _model(buf, info)
+    except _Corrupt as e:
+        return str(e)
+    return None
 
 
 # --- protobuf wire format ------------------------------------------------------------------------

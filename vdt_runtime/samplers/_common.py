@@ -11,7 +11,6 @@ so CuPy arrays from a GPU backend run the same code on the device; with NumPy ar
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable
 
 import numpy as np
@@ -148,13 +147,6 @@ def no_options(sampler: str, opts: dict) -> None:
     """Refuse options a sampler does not take, naming them."""
     if opts:
         raise InputError(f"sampler {sampler!r} takes no options; got {', '.join(sorted(opts))}")
-
-
-def check_eta(eta) -> float:
-    """η for DDIM: a finite real >= 0."""
-    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not math.isfinite(eta) or eta < 0:
-        raise InputError(f"eta must be a finite number >= 0, got {eta!r}")
-    return float(eta)
 
 
 def _check_latents(xp, name: str, x, shape: tuple | None) -> np.ndarray:

@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 
-from vdt_runtime.samplers._common import Model, check_eta, no_options
+from vdt_runtime.samplers._common import Model, no_options
+from vdt_runtime.settings import check_eta
 from vdt_runtime.schedule import Schedule
 
 
