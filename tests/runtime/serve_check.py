@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -182,6 +183,7 @@ def main(bundle: str) -> None:
         if server.poll() is None:
             server.kill()
             server.wait(60)
+        shutil.rmtree(PYTRITON_HOME, ignore_errors=True)
 
 
 def get(ports: list[int], which: int, path: str) -> tuple[int, str]:
