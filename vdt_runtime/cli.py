@@ -101,20 +101,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=int, default=8002)
     s.add_argument("--max-batch", type=int, default=None, help="videos per batch (default: the bundle's batch max)")
     s.add_argument("--queue-delay-us", type=int, default=2000, help="how long Triton waits to fill a batch")
+    s.add_argument("--exit-timeout-s", type=int, default=10, help="on SIGTERM / Ctrl-C, seconds Triton gives "
+                   "in-flight requests before it stops (stopping takes about this long; default 10)")
     s.add_argument("--verbose", action="store_true", help="Triton's own logs")
     s.add_argument("--selftest", action="store_true",
                    help="replay the bundle's golden cases at load and refuse to start if one fails")
     backend_args(s)
 
-    j = sub.add_parser("batch", help="one video per clip of a folder, on a local Ray (extra 'ray')")
-    j.add_argument("inputs", type=Path, help="folder of clips (video files or PNG folders)")
-    j.add_argument("outputs", type=Path, help="folder for the outputs and results.jsonl")
+    j = sub.add_parser("batch", help="one video per clip of a folder, on Ray Data: local or a cluster (extra 'ray')")
+    j.add_argument("inputs", help="folder of clips (one video file or image each): a path or a URI (s3://, gs://, ...)")
+    j.add_argument("outputs", help="folder for the outputs and results.jsonl: a path or a URI")
     j.add_argument("--bundle", type=Path, default=None, help="bundle folder or installed name (default: default)")
     task_args(j)
     j.add_argument("--seed", type=int, default=0, help="clip i (sorted by name) gets seed + i")
     j.add_argument("--suffix", default=".mp4", help="output type: .mp4, .gif, .webm, or '' for PNG folders")
     j.add_argument("--actors", type=int, default=1, help="pipelines at once (one per actor)")
-    j.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    j.add_argument("--gpus-per-actor", type=float, default=0, help="GPUs each actor reserves (default 0)")
+    j.add_argument("--address", default=None,
+                   help="an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray on loopback)")
+    j.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all; not with a "
+                   "cluster)")
     j.add_argument("--batch-size", type=int, default=8, help="rows per map_batches call")
     j.add_argument("--fps", type=float, default=8)
     backend_args(j)
@@ -205,7 +211,11 @@ def _serve(args) -> int:
     endpoints = f"http://{args.host}:{args.http_port} and grpc {args.host}:{args.grpc_port}"
     serve(pipe, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
           max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, verbose=args.verbose,
-          ready=lambda: print(f"serving model {MODEL!r} ({pipe.bundle.name}) on {endpoints}", flush=True))
+          exit_timeout_s=check_int("--exit-timeout-s", args.exit_timeout_s, 0, 3600),
+          ready=lambda: print(f"serving model {MODEL!r} ({pipe.bundle.name}) on {endpoints}; health "
+                              f"http://{args.host}:{args.http_port}/v2/health/ready, metrics "
+                              f"http://{args.host}:{args.metrics_port}/metrics", flush=True))
+    print("stopped: Triton and its workspace are gone", flush=True)
     return 0
 
 
@@ -219,8 +229,9 @@ def _batch(args) -> int:
     options = _options(args)
     rows = run_folder(args.inputs, args.outputs, bundle=args.bundle, backend=args.backend, precision=args.precision,
                       options=options, actors=args.actors, cpus_per_actor=options.get("threads", 1),
-                      num_cpus=args.num_cpus, batch_size=args.batch_size, suffix=args.suffix, seed=args.seed,
-                      fps=args.fps, mask=mask, **request)
+                      gpus_per_actor=args.gpus_per_actor, num_cpus=args.num_cpus, address=args.address,
+                      batch_size=args.batch_size, suffix=args.suffix, seed=args.seed, fps=args.fps, mask=mask,
+                      **request)
     failed = [r for r in rows if r["error"]]
     for r in failed:
         print(f"error: {r['input']}: {r['error']}", file=sys.stderr)

@@ -19,7 +19,11 @@ image size) are refused by Triton itself with a protocol error. PyTriton and tri
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import sys
 from typing import Any
 
 import numpy as np
@@ -96,8 +100,18 @@ def _error(e: VDTError) -> str:
 
 
 def serve(pipe, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-          max_batch: int | None = None, queue_delay_us: int = 2000, verbose: bool = False, ready=None) -> None:
-    """Serve `pipe` as model "vdt" until interrupted. `ready()` (if given) is called once the endpoints are up."""
+          max_batch: int | None = None, queue_delay_us: int = 2000, verbose: bool = False, exit_timeout_s: int = 10,
+          ready=None) -> None:
+    """Serve `pipe` as model "vdt" until SIGTERM or Ctrl-C, then stop Triton (its ports closed, PyTriton's
+    workspace removed) and return; Triton gives in-flight requests `exit_timeout_s` seconds, and stopping takes
+    about that long. `ready()` (if given) is called once the endpoints are up.
+
+    `pipe` is loaded before Triton starts, so Triton's /v2/health/ready (server and model ready) answers 200 only
+    once the pipeline is loaded; /v2/health/live answers while the server runs; Prometheus metrics are on
+    `metrics_port` at /metrics."""
+    problem = interpreter_problem()
+    if problem:
+        raise BackendError(problem)
     try:
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig
@@ -107,22 +121,56 @@ def serve(pipe, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: in
     cap = pipe.bundle.stage("denoiser").axis_max("batch") or 16
     max_batch = cap if max_batch is None else max_batch
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
-                          metrics_address=host, metrics_port=metrics_port, log_verbose=1 if verbose else 0)
+                          metrics_address=host, metrics_port=metrics_port, log_verbose=1 if verbose else 0,
+                          exit_timeout_secs=exit_timeout_s)
     if not verbose:
         logging.getLogger("pytriton").setLevel(logging.WARNING)
-    with Triton(config=config) as triton:
-        triton.bind(
-            model_name=MODEL,
-            infer_func=InferCallable(pipe),
-            inputs=[Tensor(name="task", dtype=bytes, shape=(1,)),
-                    Tensor(name="frames", dtype=np.uint8, shape=(-1, size, size, 3), optional=True),
-                    Tensor(name="mask", dtype=np.float32, shape=(-1, -1, -1), optional=True)],
-            outputs=[Tensor(name="frames", dtype=np.uint8, shape=(-1, size, size, 3)),
-                     Tensor(name="error", dtype=bytes, shape=(1,))],
-            config=ModelConfig(max_batch_size=max_batch,
-                               batcher=DynamicBatcher(max_queue_delay_microseconds=queue_delay_us)),
-            strict=True,
-        )
-        if ready is not None:
-            ready()
-        triton.serve()
+    with _stop_on_sigterm():
+        try:
+            with Triton(config=config) as triton:  # leaving this block stops Triton and removes its workspace
+                triton.bind(
+                    model_name=MODEL,
+                    infer_func=InferCallable(pipe),
+                    inputs=[Tensor(name="task", dtype=bytes, shape=(1,)),
+                            Tensor(name="frames", dtype=np.uint8, shape=(-1, size, size, 3), optional=True),
+                            Tensor(name="mask", dtype=np.float32, shape=(-1, -1, -1), optional=True)],
+                    outputs=[Tensor(name="frames", dtype=np.uint8, shape=(-1, size, size, 3)),
+                             Tensor(name="error", dtype=bytes, shape=(1,))],
+                    config=ModelConfig(max_batch_size=max_batch,
+                                       batcher=DynamicBatcher(max_queue_delay_microseconds=queue_delay_us)),
+                    strict=True,
+                )
+                if ready is not None:
+                    ready()
+                triton.serve()
+        except (_Stop, KeyboardInterrupt):
+            pass
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by SIGTERM, so `with Triton(...)` unwinds and stops Triton."""
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """SIGTERM (systemd, Docker, Kubernetes) stops serving like Ctrl-C does, through the same cleanup."""
+    def stop(signum, frame):
+        raise _Stop()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interpreter_problem(base_prefix: str | None = None) -> str | None:
+    """Why this interpreter cannot run Triton's Python-backend stub, with the fix (README, Serving), or None.
+    The stub links the system libpython: an interpreter of another build (pyenv's, conda's) fails inside it."""
+    base = os.path.realpath(sys.base_prefix if base_prefix is None else base_prefix)
+    if base == "/usr" or os.environ.get("VDT_SERVE_ANY_PYTHON") == "1":
+        return None
+    return (f"vdt serve needs the system Python: Triton's Python-backend stub (PyTriton) links the system "
+            f"libpython, and {sys.executable} is built elsewhere (base {base}). Fix (README, Serving): "
+            "/usr/bin/python3 -m venv .venv-serve && .venv-serve/bin/pip install 'vdt[serve]' (in a checkout: "
+            "-e '.[serve]'), then run .venv-serve/bin/vdt serve; VDT_SERVE_ANY_PYTHON=1 skips this check")

@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -201,11 +201,15 @@ def _check_output_path(path: Path, protect) -> Path:
 
 def _check_apart(out: Path, other: Path, label: str) -> None:
     """`out` is not `other`, not inside it, and does not contain it (paths resolved, symlinks followed)."""
-    a, b = out.resolve(), other.resolve()
-    if a == b or b in a.parents or a in b.parents:
-        how = "is" if a == b else "lies inside" if b in a.parents else "contains"
+    how = overlap(out.resolve(), other.resolve())
+    if how:
         raise InputError(f"output {shorten(str(out))} {how} the {label} {shorten(str(other))}; "
                          f"an output never overwrites its {label}")
+
+
+def overlap(a: PurePath, b: PurePath) -> str | None:
+    """How path `a` overlaps path `b`: "is", "lies inside", "contains", or None (both absolute, as resolved)."""
+    return "is" if a == b else "lies inside" if b in a.parents else "contains" if a in b.parents else None
 
 
 def _is_frame_file(entry: Path) -> bool:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,7 +27,9 @@ sys.path.insert(0, str(REPO))
 from vdt_runtime import Pipeline, Request  # noqa: E402
 
 HOST = "127.0.0.1"
+PYTRITON_HOME = Path(tempfile.mkdtemp(prefix="vdt-serve-check-"))  # where the server's PyTriton puts its workspace
 STEPS = 2
+EXIT_TIMEOUT_S = 3
 
 
 def free_ports(n: int) -> list[int]:
@@ -51,8 +55,8 @@ def model_ready(ports: list[int]) -> bool:
 def start_server(bundle: str, ports: list[int]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vdt_runtime.cli", "serve", bundle, "--host", HOST, "--http-port", str(ports[0]),
            "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--backend", "cpu", "--threads", "1",
-           "--queue-delay-us", "300000"]  # wait up to 0.3 s to fill a batch, so concurrent requests do batch
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+           "--queue-delay-us", "300000", "--exit-timeout-s", str(EXIT_TIMEOUT_S)]  # wait up to 0.3 s to fill a batch, so concurrent requests do batch
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTRITON_HOME": str(PYTRITON_HOME)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
@@ -173,12 +177,72 @@ def main(bundle: str) -> None:
         frames, err = call("http", ports, *cases[1][:2])
         assert err == "" and np.array_equal(frames, expected[1])
         print("ok: still serving after bad requests")
+        check_health(ports)
+        check_sigterm(server, ports)
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
+        if server.poll() is None:
             server.kill()
+            server.wait(60)
+        shutil.rmtree(PYTRITON_HOME, ignore_errors=True)
+
+
+def get(ports: list[int], which: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{ports[which]}{path}", timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
+def check_health(ports: list[int]) -> None:
+    """What an orchestrator probes: liveness, readiness (the pipeline is loaded before Triton starts), metrics."""
+    assert get(ports, 0, "/v2/health/live")[0] == 200
+    assert get(ports, 0, "/v2/health/ready")[0] == 200
+    assert get(ports, 0, "/v2/models/vdt/ready")[0] == 200
+    status, text = get(ports, 2, "/metrics")
+    assert status == 200 and 'nv_inference_request_success{model="vdt"' in text, text[:500]
+    print("ok: /v2/health/live, /v2/health/ready and the metrics port answer")
+
+
+def check_sigterm(server: subprocess.Popen, ports: list[int]) -> None:
+    """SIGTERM: the server exits 0, tritonserver is gone, every port is free, PyTriton's workspace is removed."""
+    tritons = [p for p in children(server.pid) if Path(f"/proc/{p}/comm").read_text().strip() == "tritonserver"]
+    assert tritons, "no tritonserver process under the server"
+    workspaces = list(PYTRITON_HOME.glob("workspace_*"))  # PyTriton's workspace: model store, sockets (~22 MB)
+    assert workspaces, f"no PyTriton workspace in {PYTRITON_HOME}"
+    start = time.monotonic()
+    server.terminate()  # SIGTERM
+    assert server.wait(60) == 0, f"exit status {server.returncode} after SIGTERM"
+    took = time.monotonic() - start
+    assert took < EXIT_TIMEOUT_S + 15, f"stopping took {took:.1f} s"
+    assert not any(Path(f"/proc/{p}").exists() for p in tritons), "tritonserver still runs after the server exited"
+    for port in ports:
+        with socket.socket() as s:  # a new server could take the port: nothing listens (TIME_WAIT of the
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # clients' closed connections may linger)
+            s.bind((HOST, port))
+            s.listen()
+    assert not any(w.exists() for w in workspaces), f"PyTriton's workspace {workspaces} was left behind"
+    print(f"ok: SIGTERM stopped the server in {took:.1f} s: exit 0, tritonserver gone, ports free, workspace removed")
+
+
+def children(pid: int) -> list[int]:
+    """Process ids of everything `pid` started, transitively."""
+    parent = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                parent[int(name)] = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, grew = {pid}, True
+    while grew:
+        new = {p for p, pp in parent.items() if pp in found and p not in found}
+        found |= new
+        grew = bool(new)
+    return sorted(found - {pid})
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,9 @@ from vdt_runtime.batch import GenerateBatch, clip_rows
 from vdt_runtime.errors import InputError
 from vdt_runtime.video import read_video, write_video
 
+sys.path.insert(0, str(Path(__file__).parent))
+from listening import Sampler  # noqa: E402
+
 REQUEST = dict(task="predict", cond=2, total=5, steps=2)
 
 
@@ -19,9 +24,8 @@ def clips(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clips")
     rng = np.random.default_rng(4)
     for i in range(5):
-        write_video(folder / f"clip{i}", rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))  # PNG folders
-    (folder / "short").mkdir()
-    write_video(folder / "short", rng.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8))  # 1 frame < cond
+        write_video(folder / f"clip{i}.gif", rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
+    write_video(folder / "short.gif", rng.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8))  # 1 frame < cond
     return folder
 
 
@@ -69,7 +73,7 @@ def test_a_user_mask_for_every_row(tiny_bundle, tmp_path, capsys):
     src.mkdir()
     rng = np.random.default_rng(6)
     for i in range(2):
-        write_video(src / f"c{i}", rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
+        write_video(src / f"c{i}.gif", rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
     mask = np.zeros((4, 8, 8), np.float32)
     mask[1:, 2:6, 2:6] = 1  # a square hole in frames 1..3 (latent cells)
     rows = clip_rows(src, tmp_path / "out", suffix="", seed=3, mask=mask, steps=2)
@@ -102,7 +106,7 @@ def test_clip_rows_refuses_bad_jobs_before_reading_clips(clips, tmp_path):
     with pytest.raises(InputError, match="does not take stride"):
         clip_rows(clips, tmp_path, task="predict", stride=2)
     with pytest.raises(InputError, match="does not exist"):
-        clip_rows(tmp_path / "nope", tmp_path, **REQUEST)
+        clip_rows(tmp_path / "nope", tmp_path / "o", **REQUEST)
     with pytest.raises(InputError, match="takes no frames"):  # a job over clips gives every row a clip
         clip_rows(clips, tmp_path, task="unconditional")
     with pytest.raises(InputError, match="each row"):
@@ -115,10 +119,87 @@ def test_ray_job_on_a_local_ray_matches_single_process(tiny_bundle, clips, tmp_p
     from vdt_runtime.batch import run_folder
 
     out = tmp_path / "out"
-    results = run_folder(clips, out, bundle=tiny_bundle, backend="cpu", options={"threads": 1}, actors=2, num_cpus=2,
-                         batch_size=2, suffix="", seed=7, **REQUEST)
+    with Sampler() as sockets:  # the local Ray it starts listens on loopback only (ray-project/ray#59110)
+        results = run_folder(clips, out, bundle=tiny_bundle, backend="cpu", options={"threads": 1}, actors=2,
+                             num_cpus=3, batch_size=2, suffix="", seed=7, **REQUEST)
+    assert sockets.beyond_loopback() == set() and any(name == "gcs_server" for _, name in sockets.seen), sockets.seen
     assert [r["error"] == "" for r in results] == [True] * 5 + [False]
     assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["input"] == results[0]["input"]
     for row in results[:5]:
         np.testing.assert_array_equal(read_video(row["output"]), expected(tiny_bundle, row))
-    assert sorted(p.name for p in out.iterdir()) == [f"clip{i}" for i in range(5)] + ["results.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".vdt-batch"] + [f"clip{i}" for i in range(5)] + ["results.jsonl"]
+
+
+# --- jobs that would destroy or hang (issue 21, class 2): refused before Ray starts work -------------------------
+
+def _tree(folder):
+    """{relative path: bytes} of every file under folder."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "containing"])
+def test_output_folder_that_is_in_or_around_the_input_is_refused(clips, tmp_path, where):
+    pytest.importorskip("ray")
+    from vdt_runtime.batch import run_folder
+
+    before = _tree(clips)
+    out = {"same": clips, "inside": clips / "out", "containing": clips.parent}[where]
+    how = {"same": "is", "inside": "lies inside", "containing": "contains"}[where]
+    with pytest.raises(InputError, match=f"output folder .* {how} the input folder"):
+        run_folder(clips, out, suffix=".gif", **REQUEST)
+    assert _tree(clips) == before and not (clips / "out").exists()
+
+
+def test_an_output_vdt_did_not_write_is_never_replaced_and_reruns_skip_finished_ones(tiny_bundle, clips, tmp_path,
+                                                                                    capsys):
+    """A user's out/clip1.gif stops the job before Ray starts; a rerun over vdt's own outputs skips them all."""
+    pytest.importorskip("ray.data")
+    from vdt_runtime.batch import run_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    kw = dict(bundle=tiny_bundle, backend="cpu", options={"threads": 1}, num_cpus=2, suffix=".gif", seed=7, **REQUEST)
+    (out / "results.jsonl").write_text("the user's notes")
+    with pytest.raises(InputError, match="already holds results.jsonl, which vdt batch did not write"):
+        run_folder(clips, out, **kw)
+    assert (out / "results.jsonl").read_text() == "the user's notes"
+    (out / "results.jsonl").unlink()
+    (out / "clip1.gif").write_bytes(b"the user's own file")
+    with pytest.raises(InputError, match="already holds 'clip1.gif', which vdt batch did not write"):
+        run_folder(clips, out, **kw)
+    assert (out / "clip1.gif").read_bytes() == b"the user's own file" and sorted(p.name for p in out.iterdir()) == [
+        "clip1.gif"]
+    (out / "clip1.gif").unlink()
+    first = run_folder(clips, out, **kw)
+    assert [r["skipped"] for r in first] == [False] * 6 and sum(r["error"] == "" for r in first) == 5
+    written = _tree(out)
+    again = run_folder(clips, out, **kw)  # resumable: every finished output is skipped, the refused row retried
+    assert [r["skipped"] for r in again] == [True] * 5 + [False] and "needs 2" in again[5]["error"]
+    assert {k: v for k, v in _tree(out).items() if k != "results.jsonl"} == {
+        k: v for k, v in written.items() if k != "results.jsonl"}
+    assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["skipped"] is True
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--actors", "0"], "actors must be >= 1, got 0"),
+    (["--suffix", ".avi"], "output suffix '.avi' is not one of"),
+    (["--batch-size", "0"], "batch_size must be >= 1"),
+    (["--actors", "100000", "--num-cpus", "2"], "100000 actor(s) × 1 CPUs (threads) + 1 CPU for Ray Data's own tasks "
+                                                "cannot be placed: Ray has 2 CPUs"),
+    (["--actors", "2", "--threads", "2", "--num-cpus", "3"], "2 actor(s) × 2 CPUs (threads) + 1 CPU for Ray Data's "
+                                                             "own tasks cannot be placed: Ray has 3 CPUs"),
+    (["--gpus-per-actor", "1", "--num-cpus", "2"], "and 1 GPUs (threads) + 1 CPU for Ray Data's own tasks cannot be "
+                                                   "placed: Ray has 2 CPUs and 0 GPUs"),
+])
+def test_impossible_jobs_are_refused_in_one_line_before_any_work(clips, tmp_path, capsys, flags, words):
+    """--actors 0 used to fail inside Ray, --suffix .avi after sampling, and more actors (or threads) than the
+    CPUs given to Ray hung forever: each is now one error line and exit status 2, with no output written."""
+    pytest.importorskip("ray.data")
+    from vdt_runtime.cli import main
+
+    out = tmp_path / "out"
+    assert main(["batch", str(clips), str(out), "--task", "predict", "--cond", "2", "--total", "5", "--steps", "2",
+                 "--backend", "cpu", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and words in err, err
+    assert not out.exists() or not any(out.iterdir())

@@ -41,7 +41,7 @@ def test_serve_http_and_grpc_match_the_pipeline(tiny_bundle):
                           text=True, timeout=900, cwd=REPO)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert proc.stdout.count("ok:") == 5, proc.stdout
+    assert proc.stdout.count("ok:") == 7, proc.stdout
 
 
 class FakeRequest:
@@ -124,3 +124,30 @@ def test_a_refusal_of_one_request_never_fails_its_batch_mates(tiny_pipeline, mon
                                         FakeRequest(b"predict", clip, total=5, steps=2, seed=13)])
     np.testing.assert_array_equal(out[0]["frames"][0], want[0].frames)
     assert out[1]["error"][0, 0].decode() == "BackendError: the denoiser failed on this one"
+
+
+def test_serve_under_another_python_build_prints_the_fix(tiny_bundle, tmp_path):
+    """A pyenv/conda interpreter with PyTriton importable used to fail inside Triton's stub, reported as an internal
+    error; it is refused before Triton starts, with the README's fix. The stand-in PyTriton below fails as the
+    stub does, so the old path is visible if the check is skipped."""
+    import subprocess
+    import sys
+
+    if sys.base_prefix == "/usr":
+        pytest.skip("this interpreter is the system's: the check passes here")
+    fake = tmp_path / "pytriton"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "model_config.py").write_text("DynamicBatcher = ModelConfig = Tensor = lambda *a, **k: None\n")
+    (fake / "triton.py").write_text(
+        "class TritonConfig:\n    def __init__(self, **kw): pass\n"
+        "class Triton:\n    def __init__(self, **kw): pass\n"
+        "    def __enter__(self): raise AttributeError(\"'_thread.RLock' object has no attribute '_recursion_count'\")\n"
+        "    def __exit__(self, *a): return False\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    env.pop("VDT_SERVE_ANY_PYTHON", None)
+    proc = subprocess.run([sys.executable, "-m", "vdt_runtime.cli", "serve", str(tiny_bundle), "--backend", "cpu"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "internal error" not in proc.stderr and "Fix (README, Serving): /usr/bin/python3 -m venv .venv-serve" in \
+        proc.stderr, proc.stderr
