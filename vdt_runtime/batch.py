@@ -56,7 +56,7 @@ def clip_rows(input_dir, output_dir, *, suffix: str = ".mp4", seed: int = 0, mas
         raise InputError("frames and seed come from each row; give the other Request fields")
     src, out = _folder(input_dir), _folder(output_dir)
     _check_suffix(suffix, out)
-    Request(frames="", mask=mask, **request)  # check the shared fields now, before any clip is read ("": each row's)
+    Request.from_params(request, frames="", mask=mask)  # the shared fields checked now, before any clip is read
     how = out.relation(src)
     if how:
         raise InputError(f"output folder {shorten(str(out))} {how} the input folder {shorten(str(src))}; "
@@ -108,7 +108,7 @@ class GenerateBatch:
                 params = json.loads(str(batch["request"][i]))
                 data = batch["bytes"][i] if "bytes" in batch else None
                 frames = _read_clip(str(batch["input"][i]), data, b)
-                req = Request(frames=frames, mask=self.mask, seed=int(batch["seed"][i]), **params)
+                req = Request.from_params({**params, "seed": int(batch["seed"][i])}, frames=frames, mask=self.mask)
                 req.plan(b)  # every check first, so one bad row cannot stop the batch
                 requests[i] = req
             except (VDTError, TypeError, ValueError) as e:
@@ -394,7 +394,7 @@ def _check_mask_fits(bundle, mask: np.ndarray, request: dict) -> None:
 
     b = Bundle.load(bundle)
     frames = np.zeros((len(mask) if np.ndim(mask) == 3 else 1, b.image_size, b.image_size, 3), np.uint8)
-    Request(frames=frames, mask=mask, **request).plan(b)
+    Request.from_params(request, frames=frames, mask=mask).plan(b)
 
 
 def _absolute(bundle):
