@@ -362,3 +362,43 @@ def test_vdt_run_cuda_on_a_machine_without_a_gpu_is_one_line(box, tmp_path):
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "error: backend 'cuda' is not available here: onnxruntime offers CUDAExecutionProvider, but this machine has "
         "no NVIDIA GPU (the driver reports none)"]
+
+
+# onnxruntime's own fallback, emulated at its boundary: when a session's first provider fails, onnxruntime retries
+# on its fallback list (CUDA, CPU) with NO provider options, and says so on stdout. Here TensorRT "fails" that way and
+# CUDA "loads" (reported by get_providers; the CPU provider really computes).
+FALLBACK = '''
+import onnxruntime as _ort2
+_Real, CALLS = _ort2.InferenceSession, []
+class _Emulated(_Real):
+    def __init__(self, path, sess_options=None, providers=None, provider_options=None, **kw):
+        providers, opts = list(providers), list(provider_options or [])
+        if providers[0] == "TensorrtExecutionProvider":
+            print("Falling back to ['CUDAExecutionProvider', 'CPUExecutionProvider'] and retrying.")
+            providers, opts = ["CUDAExecutionProvider", "CPUExecutionProvider"], None
+        CALLS.append({"providers": providers, "options": opts})
+        self._emulated = providers
+        super().__init__(path, sess_options, providers=["CPUExecutionProvider"])
+    def get_providers(self):
+        return list(self._emulated)
+_ort2.InferenceSession = _Emulated
+'''
+
+
+def test_onnxruntime_fallback_from_tensorrt_keeps_the_planned_cuda_options(box, tmp_path):
+    """onnxruntime's retry after the TensorRT provider fails drops every provider option, so a session asked for
+    GPU 1 would run on GPU 0; the backend opens it again from CUDA on, with the planned options."""
+    got = box(gpus=2).result(FALLBACK + LOAD + f'''
+pipe, warned = load(backend="ort-tensorrt", options={{"device_id": 1, "io_binding": False,
+                                                      "cache_dir": {str(tmp_path / "c")!r}}})
+print(json.dumps({{**state(pipe, warned), "calls": CALLS,
+                  "fallback": [b.session._enable_fallback for b in pipe.backends.values()]}}))
+''')
+    assert got["providers"] == {s: [CUDA, CPU] for s in ("denoiser", "vae_encoder", "vae_decoder")}
+    calls = got["calls"]
+    assert len(calls) == 6  # per stage: onnxruntime's option-less retry, then ours
+    for first, second in zip(calls[::2], calls[1::2]):
+        assert first == {"providers": [CUDA, CPU], "options": None}
+        assert second["providers"] == [CUDA, CPU] and second["options"][0]["device_id"] == "1"
+    assert len(got["warnings"]) == 3 and all(f"asked for {TRT}" in w for w in got["warnings"])
+    assert got["fallback"] == [False] * 3  # and no later retry at run time moves a session off what was reported

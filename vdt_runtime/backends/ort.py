@@ -153,6 +153,12 @@ class OrtBackend(Backend):
         self.provider_options = provider_options(bundle, stage, plan)
         self.session, log = _create_session(str(path), so, self.requested, self.provider_options)
         self.providers = tuple(self.session.get_providers())
+        if _FELL_BACK in log and self.providers[0] in self.requested[1:]:
+            # onnxruntime's own retry after a provider failed (e.g. TensorRT) drops every provider option
+            # (device_id, memory limit, ...): open again from that provider on, with the planned options
+            k = self.requested.index(self.providers[0])
+            self.session, _ = _create_session(str(path), so, self.requested[k:], self.provider_options[k:])
+            self.providers = tuple(self.session.get_providers())
         if fused and self.graph == "standard" and self.providers == (CPU,):
             self.graph, path = "fused", bundle.file_path(stage, self.precision, fused=True)
             self.session, _ = _create_session(str(path), so, (CPU,), [{}])
@@ -328,6 +334,9 @@ def session_options(threads: int | None = None, graph_optimization: str = "all",
     return so
 
 
+_FELL_BACK = "Falling back to"  # what onnxruntime prints when it retries a session on its fallback providers
+
+
 def _why_not_loaded(log: str) -> str:
     """One line on why a provider did not load: onnxruntime's own words where it printed them, else the usual cause."""
     lines = [line.strip() for line in log.splitlines() if line.strip(" *")]
@@ -375,6 +384,9 @@ def _create_session(path: str, options, providers, provider_opts):
             with contextlib.redirect_stdout(out):
                 session = ort.InferenceSession(path, options, providers=list(providers),
                                                provider_options=list(provider_opts))
+            # a provider failing at run time raises (BackendError) instead of onnxruntime quietly moving the session
+            # to its fallback providers without their options: what runs stays what get_providers() reported
+            session.disable_fallback()
         except Exception as e:
             raise BackendError(f"onnxruntime could not load {path} with {list(providers)}: {str(e)[:500]}") from e
         finally:
