@@ -13,7 +13,7 @@ from vdt_runtime.backends import CHOICES
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.checks import check_int
 from vdt_runtime.cli_support import one_line, run_guarded
-from vdt_runtime.errors import InputError
+from vdt_runtime.errors import InputError, VDTError
 from vdt_runtime.requests import PARAMS, ROLLOUT, TASKS, Request, parse_params
 from vdt_runtime.settings import PRECISIONS, SAMPLERS
 from vdt_runtime.video import MAX_FPS, MIN_FPS
@@ -256,12 +256,17 @@ def _info(args) -> int:
     if args.verify:
         print(f"sha256     all {len(bundle.manifest['files'])} files match the manifest")
     print(f"machine    {machine()}")
-    print(f"auto       {plan(bundle).chosen.replace('auto chose', 'chooses', 1)}")
-    print("backends   precisions each can run for this bundle on this machine (default first)")
-    for choice in BACKENDS:
-        reason = available(choice)
-        print(f"  {choice:<12} " + (f"unavailable: {reason}" if reason else _precision_summary(runnable(bundle, choice))))
-    with _load(args) as pipe:
+    with _load(args, bundle) as pipe:  # planned once; with --backend auto its plan is the auto line's
+        try:
+            chosen = pipe.chosen or plan(bundle, "auto", args.precision, _options(args)).chosen
+            print(f"auto       {chosen.replace('auto chose', 'chooses', 1)}")
+        except VDTError as e:  # e.g. options of a backend auto never picks
+            print(f"auto       chooses nothing with these settings: {e}")
+        print("backends   precisions each can run for this bundle on this machine (default first)")
+        for choice in BACKENDS:
+            reason = available(choice)
+            print(f"  {choice:<12} " + (f"unavailable: {reason}" if reason else
+                                        _precision_summary(runnable(bundle, choice))))
         print(pipe.describe())
     return 0
 

@@ -333,6 +333,13 @@ def test_vdt_info_says_what_auto_chooses_and_why(box):
     assert "denoiser     fp32  fused    graph, runs on CPUExecutionProvider" in out
     nogpu = box(gpus=0).vdt("info").stdout
     assert "auto       chooses 'cpu' at fp32" in nogpu and "  cuda         unavailable: onnxruntime offers" in nogpu
+    # the same settings as the load: auto with the user's precision and options, or why it picks nothing with them
+    fp16 = box(gpus=1).vdt("info", "--precision", "fp16", "-o", "device_id=0").stdout
+    assert "auto       chooses 'cuda' at fp16: asked for" in fp16
+    ov = box(gpus=1).vdt("info", "--backend", "openvino", "-o", "num_streams=1")
+    assert ov.returncode == 0, ov.stderr[-2000:]
+    assert "auto       chooses nothing with these settings: backend 'auto' found nothing that runs precision " \
+           "'fp32' with options ['num_streams']" in ov.stdout and "backend    openvino" in ov.stdout
 
 
 @pytest.mark.parametrize("argv,code,expect", [
