@@ -21,7 +21,7 @@ from vdt_runtime.errors import InputError
 from vdt_runtime.limits import MAX_ROLLOUT_FRAMES, MAX_STREAMED_FRAMES, shorten
 from vdt_runtime.masks import box_mask, check_not_all_given, check_hw, frame_indices, user_mask
 from vdt_runtime.checks import check_int as _check_int
-from vdt_runtime.settings import DEFAULT_SAMPLING, ETA_SAMPLERS, SAMPLERS, Sampling, check_eta, check_sampling
+from vdt_runtime.settings import DEFAULT_SAMPLING, Sampling, check_eta, check_eta_applies, check_sampler, check_sampling
 
 
 @dataclass(frozen=True)
@@ -171,10 +171,8 @@ class Request:
                     raise InputError(f"task 'rollout' needs {name}")
         else:
             _takes(self.task, args)
-        if self.sampler is not None and (not isinstance(self.sampler, str) or self.sampler not in SAMPLERS):
-            raise InputError(f"unknown sampler {shorten(self.sampler)}; expected one of {', '.join(SAMPLERS)}")
-        if self.sampler is not None and self.sampler not in ETA_SAMPLERS and self.eta not in (None, 0.0):
-            raise InputError(f"eta={shorten(self.eta)} applies only to samplers 'ddim' and 'dpmpp', not {shorten(self.sampler)}")
+        if self.sampler is not None:
+            check_eta_applies(check_sampler(self.sampler), self.eta)
         if self.eta is not None:
             check_eta(self.eta)
         seed = self.seed

@@ -55,10 +55,15 @@ def check_sampling(sampler, steps, eta, num_timesteps: int) -> Sampling:
     check_sampler(sampler)
     steps = check_int("steps", steps, 1, int(num_timesteps))
     eta = check_eta(eta)
-    if sampler not in ETA_SAMPLERS and eta != 0.0:
-        raise InputError(f"eta={eta!r} applies only to samplers {' and '.join(map(repr, ETA_SAMPLERS))}, "
-                         f"not {sampler!r}")
+    check_eta_applies(sampler, eta)
     return Sampling(sampler, steps, eta)
+
+
+def check_eta_applies(sampler: str, eta) -> None:
+    """InputError when a nonzero η is given to a sampler that takes none (None and 0 are no η)."""
+    if sampler not in ETA_SAMPLERS and eta not in (None, 0.0):
+        raise InputError(f"eta={shorten(eta)} applies only to samplers {' and '.join(map(repr, ETA_SAMPLERS))}, "
+                         f"not {shorten(sampler)}")
 
 
 def parse_sampling(text: str) -> tuple[str, int, float]:
