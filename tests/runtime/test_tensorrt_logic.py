@@ -192,6 +192,18 @@ def test_options_checked(bundle):
             TrtOptions(**bad)
 
 
+def test_engine_cache_inside_the_bundle_is_refused_before_anything_is_built(bundle):
+    """The rule every build cache keeps (onnxruntime-TensorRT, OpenVINO): engines never go into the hashed bundle."""
+    from vdt_runtime.backends import Plan
+    from vdt_runtime.backends.tensorrt import TensorRTBackend, TrtOptions
+
+    inside = bundle.path / "trt"
+    plan = Plan("tensorrt", {"denoiser": "fp32"}, TrtOptions(cache_dir=inside))
+    with pytest.raises(InputError, match="tensorrt cache_dir .* is inside the bundle"):
+        TensorRTBackend.open(bundle, "denoiser", plan)
+    assert not inside.exists()
+
+
 def test_default_cache_dir_outside_the_bundle(monkeypatch, tmp_path):
     monkeypatch.delenv("VDT_TRT_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

@@ -19,7 +19,7 @@ import numpy as np
 
 from vdt_runtime.backends import trt_engines as engines
 from vdt_runtime._xp import namespace
-from vdt_runtime.backends.base import Backend, check_io, folder_or_none, number
+from vdt_runtime.backends.base import Backend, cache_folder, check_io, folder_or_none, number
 from vdt_runtime.checks import check_bool, check_int
 from vdt_runtime.bundle import Bundle
 from vdt_runtime.errors import BackendError, InputError
@@ -83,6 +83,7 @@ class TensorRTBackend(Backend):
     def __init__(self, bundle: Bundle, stage: str, plan):
         o: TrtOptions = plan.options
         precision = plan.precisions[stage]
+        cache_dir = cache_folder(bundle, o.cache_dir, "tensorrt")  # outside the hashed bundle, as every build cache
         trt = engines.import_tensorrt()
         self._cudart = cudart = engines.import_cudart()
         spec = bundle.stage(stage)
@@ -91,8 +92,8 @@ class TensorRTBackend(Backend):
         engines.cuda_check(cudart.cudaSetDevice(o.device_id), "cudaSetDevice")
         build = engines.build_spec(bundle, stage, precision, frame_buckets=o.frame_buckets,
                                    workspace_gb=o.workspace_gb)
-        fresh = engines.find_engine(o.cache_dir, build, device)[0] is None  # built now: self-tested below
-        self.plan_path = engines.ensure_engine(bundle, build, device, o.cache_dir, build=o.build)
+        fresh = engines.find_engine(cache_dir, build, device)[0] is None  # built now: self-tested below
+        self.plan_path = engines.ensure_engine(bundle, build, device, cache_dir, build=o.build)
         self.profiles = list(build.profiles)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._runtime.engine_host_code_allowed = True  # version-compatible engines carry their lean runtime
