@@ -286,9 +286,12 @@ def _run(ray, src: Folder, out: Folder, rows: list[dict], actors: int, cpus: int
         ds = ray.data.read_binary_files(list(jobs), filesystem=src.fs, include_paths=True,
                                         override_num_blocks=len(jobs)).map_batches(_Attach(jobs))
     # Ray Data's actor pool restarts an actor that dies (max_restarts=-1) and retries the batch it held
-    # (max_task_retries=-1): a killed actor costs time, never rows
-    ds = ds.map_batches(GenerateBatch, batch_size=batch_size, num_cpus=cpus, num_gpus=gpus or None,
-                        compute=ray.data.ActorPoolStrategy(size=actors), fn_constructor_kwargs=kwargs)
+    # (max_task_retries=-1): a killed actor costs time, never rows. One batch in flight per actor: a batch is
+    # seconds of sampling, and Ray Data's default (two, sent to the actor beside the block first) queues a second
+    # batch behind a busy actor while another actor idles
+    pool = ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1)
+    ds = ds.map_batches(GenerateBatch, batch_size=batch_size, num_cpus=cpus, num_gpus=gpus or None, compute=pool,
+                        fn_constructor_kwargs=kwargs)
     return [{k: _plain(v) for k, v in r.items()} for r in ds.iter_rows()]
 
 

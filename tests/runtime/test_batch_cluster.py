@@ -29,9 +29,18 @@ from listening import Sampler, descendants  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
-REQUEST = dict(task="predict", cond=2, total=5, steps=2)
-FLAGS = ["--task", "predict", "--cond", "2", "--total", "5", "--steps", "2"]
+# 400 steps make a row take ~0.3 s on the tiny model (2 steps: ~4 ms), far longer than Ray Data takes to hand the
+# next block to an idle actor: a job cannot end on one actor, or before the kill test's kill, by a race
+REQUEST = dict(task="predict", cond=2, total=5, steps=400)
+FLAGS = ["--task", "predict", "--cond", "2", "--total", "5", "--steps", "400"]
 N_CLIPS = 4
+
+
+@pytest.fixture(autouse=True)
+def pool_starts_whole(monkeypatch):
+    """The jobs here start once both actors have loaded: a pool that begins on its first ready actor can finish
+    four rows before the second actor is up, and "both nodes did work" would then depend on start-up times."""
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "wait_for_min_actors_s", 120)
 
 
 @pytest.fixture(scope="module")
