@@ -178,7 +178,7 @@ def _run(args) -> int:
     check_output_path(args.out, protect=protect)
     check_fps(args.fps)
     mask = None if args.mask is None else read_mask(args.mask)
-    request = Request.from_params(_params(args, seed=args.seed), frames=args.input, mask=mask)
+    request = Request.from_params(_params(args, seed=args.seed), frames=args.input, mask=mask).read(bundle)
     streamed = request.task == ROLLOUT  # streamed: one window in memory at a time, whatever --total
     request.plan(bundle, streamed=streamed)  # refused here, before a backend loads
     pipe = _load(args, bundle)

@@ -207,19 +207,24 @@ def test_interpolate_takes_the_keyframes_from_a_full_length_clip(tmp_path, capsy
     assert capsys.readouterr().out.count("wrote") == 1
 
 
-def test_run_reads_the_bundle_once_and_hands_it_to_the_pipeline(tiny_bundle, clip_path, tmp_path, monkeypatch):
-    """`vdt run` loaded (and checked) the bundle twice: once for its own checks, once in Pipeline.load."""
+def test_run_reads_the_bundle_and_the_input_once(tiny_bundle, clip_path, tmp_path, monkeypatch):
+    """`vdt run` loaded (and checked) the bundle twice, once for its own checks and once in Pipeline.load, and
+    decoded its input video twice, once to refuse a bad request before a backend loads and once to run it."""
+    from vdt_runtime import video
     from vdt_runtime.bundle import Bundle
     from vdt_runtime.pipeline import Pipeline
 
     loads, load = [], Bundle.load.__func__
     monkeypatch.setattr(Bundle, "load", classmethod(lambda cls, *a, **k: (loads.append(a), load(cls, *a, **k))[1]))
+    reads, read = [], video.read_video
+    monkeypatch.setattr(video, "read_video", lambda path, **k: (reads.append(path), read(path, **k))[1])
     for task in (["--task", "predict", "--cond", "2", "--total", "4"],
                  ["--task", "rollout", "--cond", "2", "--total", "11", "--window", "5"]):
-        loads.clear()
+        loads.clear(), reads.clear()
         assert main(["run", *task, "--bundle", str(tiny_bundle), "--input", str(clip_path), "--steps", "2",
                      "--out", str(tmp_path / f"{task[1]}.gif"), "--no-progress", "--backend", "cpu"]) == 0
         assert len(loads) == 1, loads
+        assert [Path(r) for r in reads] == [clip_path], reads
     bundle = load(Bundle, tiny_bundle)
     with Pipeline.load(bundle, backend="cpu") as pipe:
         assert pipe.bundle is bundle
