@@ -34,7 +34,9 @@ def test_export_writes_listed_hashed_golden_cases(tiny_bundle, tiny_models):
     t = golden.arrays["denoiser.3.timestep"]
     with torch.no_grad():
         want = vdt(torch.from_numpy(x), torch.from_numpy(t)).numpy()
-    np.testing.assert_array_equal(golden.arrays["denoiser.3.model_out"], want)  # the torch model's own fp32 output
+    # the torch model's own fp32 output: bit for bit only on the CPU that wrote the committed bundle, since torch's
+    # CPU kernels round differently per instruction set (AMD Zen 4 wrote it; an Intel Xeon with AMX differs by 5.5e-6)
+    np.testing.assert_allclose(golden.arrays["denoiser.3.model_out"], want, rtol=0, atol=1e-5 * np.abs(want).max())
     fp32 = section["tolerances"]["fp32"]
     assert set(fp32) == {"denoiser", "vae_encoder", "vae_decoder", "end_to_end"}
     runs = [r for r in section["measured"]["runs"] if r["precision"] == "fp32" and r["check"] == "denoiser"]
