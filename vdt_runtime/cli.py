@@ -178,20 +178,20 @@ def _run(args) -> int:
     check_output_path(args.out, protect=protect)
     check_fps(args.fps)
     mask = None if args.mask is None else read_mask(args.mask)
-    request = Request.from_params(_params(args, seed=args.seed), frames=args.input, mask=mask).read(bundle)
+    request = Request.from_params(_params(args, seed=args.seed), frames=args.input, mask=mask)
     streamed = request.task == ROLLOUT  # streamed: one window in memory at a time, whatever --total
-    request.plan(bundle, streamed=streamed)  # refused here, before a backend loads
+    planned = request.plan(bundle, streamed=streamed)  # refused here, before a backend loads; run as planned
     pipe = _load(args, bundle)
     if pipe.chosen:
         print(f"chosen     {pipe.chosen}")
     if streamed:
-        stream = pipe.stream(request, timings=args.timings)
+        stream = pipe._stream(planned, timings=args.timings)
         out = write_video(args.out, stream, fps=args.fps, protect=protect)
         print(f"wrote {out} ({request.total} frames {bundle.image_size}x{bundle.image_size}; denoiser on "
               f"{', '.join(pipe.providers['denoiser'])})")
         _print_timings(stream.timings)
         return 0
-    result = pipe.generate([request], progress=not args.no_progress, timings=args.timings)[0]
+    result = pipe._generate([planned], progress=not args.no_progress, timings=args.timings)[0]
     out = write_video(args.out, result.frames, fps=args.fps, protect=protect)
     t, h, w, _ = result.frames.shape
     print(f"wrote {out} ({t} frames {h}x{w}; {result.sampling}; denoiser on {', '.join(result.providers['denoiser'])})")

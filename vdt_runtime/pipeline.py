@@ -13,7 +13,7 @@ from vdt_runtime.bundle import Bundle
 from vdt_runtime.checks import check_int as _check_int
 from vdt_runtime.errors import InputError, VDTError
 from vdt_runtime.limits import shorten
-from vdt_runtime.requests import ROLLOUT, Request, as_frames
+from vdt_runtime.requests import ROLLOUT, Plan, Request, as_frames
 from vdt_runtime.runner import Runner
 from vdt_runtime.settings import Sampling
 from vdt_runtime.timing import Timer
@@ -174,6 +174,11 @@ class Pipeline:
                 if len(requests) == 1:
                     raise
                 raise type(e)(f"requests[{i}]: {e}") from None
+        return self._generate(plans, progress=progress, timings=timings)
+
+    def _generate(self, plans: list[Plan], *, progress: bool = False, timings: bool = False) -> list[Result]:
+        """generate() for requests already planned on this bundle (`Request.plan(bundle)`, not streamed): the front
+        ends (vdt run, the server) plan first, to refuse before a backend loads or per request, and run that plan."""
         done = self._runner.run(plans, progress=progress)
         return [Result(frames=frames, mask=m, timings=dict(seconds) if timings else {}, providers=self.providers,
                        sampling=p.sampling) for p, (frames, m, seconds) in zip(plans, done)]
@@ -252,9 +257,12 @@ class Pipeline:
     def stream(self, request: Request, *, timings: bool = False) -> "RolloutStream":
         """A rollout Request run window by window, as rollout_stream (which builds one); planned here, before the
         first chunk is asked for."""
-        p = request.plan(self.bundle, streamed=True)
+        return self._stream(request.plan(self.bundle, streamed=True), timings=timings)
+
+    def _stream(self, plan: Plan, *, timings: bool = False) -> "RolloutStream":
+        """stream() for a rollout already planned on this bundle (`Request.plan(bundle, streamed=True)`)."""
         timer = Timer()
-        return RolloutStream(rollout.stream(self._runner, p, timer), timer if timings else None)
+        return RolloutStream(rollout.stream(self._runner, plan, timer), timer if timings else None)
 
     def _task(self, task, frames, *, progress: bool = False, timings: bool = False, **kw) -> Result:
         return self._one(Request(task=task, frames=frames, **kw), progress, timings)

@@ -11,7 +11,7 @@ import numbers
 import os
 import re
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -196,7 +196,10 @@ class Request:
         if streamed and self.task != ROLLOUT:
             raise InputError(f"only task 'rollout' streams, not {shorten(self.task)}")
         sampling = self.sampling(bundle)
-        video = self._video(bundle)
+        frames = self.frames
+        if self.task == "image_to_video" and isinstance(frames, np.ndarray) and frames.ndim == 3:
+            frames = frames[None]  # one image
+        video = as_frames(frames, bundle.image_size, max_frames=self._read_limit(bundle))
         n = 0 if video is None else len(video)
         if self.task == ROLLOUT:
             return self._plan_rollout(bundle, video, sampling, streamed)
@@ -224,20 +227,6 @@ class Request:
         if missing:
             raise InputError(f"{what} gives frame(s) {missing} but only {n} frame(s) were supplied")
         return Plan(total=total, mask=m, frames=placed, sampling=sampling, seed=int(self.seed))
-
-    def read(self, bundle) -> "Request":
-        """This request with its video path decoded into the frames `plan` reads from it (otherwise itself): a caller
-        that plans before it generates, like `vdt run`, decodes the file once."""
-        if not isinstance(self.frames, (str, os.PathLike)):
-            return self
-        return replace(self, frames=self._video(bundle))
-
-    def _video(self, bundle) -> np.ndarray | None:
-        """The supplied frames as uint8 [T, size, size, 3] (a path: read up to what the request can use), or None."""
-        frames = self.frames
-        if self.task == "image_to_video" and isinstance(frames, np.ndarray) and frames.ndim == 3:
-            frames = frames[None]  # one image
-        return as_frames(frames, bundle.image_size, max_frames=self._read_limit(bundle))
 
     def _read_limit(self, bundle) -> int:
         """Frames read from a video path: what the request can use (rollout: cond; else total, or the window)."""

@@ -29,10 +29,9 @@ from typing import Any
 import numpy as np
 
 from vdt_runtime.errors import BackendError, InputError, VDTError
-from vdt_runtime.requests import PARAMS, Request
+from vdt_runtime.requests import Plan, Request
 
 MODEL = "vdt"
-PARAMETERS = tuple(name for name in PARAMS if name != "task")  # the task travels as an input tensor
 
 
 def request_from(data: dict[str, np.ndarray], parameters: dict[str, Any] | None) -> Request:
@@ -58,25 +57,23 @@ def request_from(data: dict[str, np.ndarray], parameters: dict[str, Any] | None)
 class InferCallable:
     """PyTriton's inference callable: a list of requests in, one response dict each out.
 
-    A request that is refused (by its plan, or by anything generate would still refuse) answers with `error` and no
+    A request that is refused (by its plan) or fails (a backend error while it runs) answers with `error` and no
     frames; the requests batched with it are served."""
 
     def __init__(self, pipe):
         self.pipe = pipe
 
     def __call__(self, requests) -> list[dict[str, np.ndarray]]:
-        built: list[Request | str] = []
+        built: list[Plan | str] = []
         for r in requests:
-            try:
-                req = request_from(r.data, getattr(r, "parameters", None))
-                req.plan(self.pipe.bundle)  # every refusal generate could make, so generate below runs them all
-                built.append(req)
+            try:  # the plan makes every refusal generate could make, so the plans below all run
+                built.append(request_from(r.data, getattr(r, "parameters", None)).plan(self.pipe.bundle))
             except VDTError as e:
                 built.append(_error(e))
-        good = [b for b in built if isinstance(b, Request)]
+        good = [b for b in built if isinstance(b, Plan)]
         try:
-            results = self.pipe.generate(good) if good else []
-        except VDTError:  # cannot happen after the plans above; if it does, one at a time so only that one fails
+            results = self.pipe._generate(good) if good else []
+        except VDTError:  # a backend failure: one at a time, so only the request that meets it fails
             results = [self._alone(b) for b in good]
         out = iter(results)
         responses = []
@@ -88,9 +85,9 @@ class InferCallable:
                 responses.append({"frames": result.frames[None], "error": np.array([[b""]], dtype=object)})
         return responses
 
-    def _alone(self, request: Request):
+    def _alone(self, plan: Plan):
         try:
-            return self.pipe.generate([request])[0]
+            return self.pipe._generate([plan])[0]
         except VDTError as e:
             return _error(e)
 

@@ -112,14 +112,14 @@ def test_a_refusal_of_one_request_never_fails_its_batch_mates(tiny_pipeline, mon
     assert "given is empty" in errors[2], errors[2]
     assert "box coordinate" in errors[4] and "-1" in errors[4], errors[4]
 
-    generate = tiny_pipeline.generate
+    run = tiny_pipeline._generate  # what the callable runs its plans with
 
-    def failing(requests):  # a backend failure that only one request's run meets
-        if any(r.seed == 13 for r in requests):
+    def failing(plans):  # a backend failure that only one request's run meets
+        if any(p.seed == 13 for p in plans):
             raise BackendError("the denoiser failed on this one")
-        return generate(requests)
+        return run(plans)
 
-    monkeypatch.setattr(tiny_pipeline, "generate", failing)
+    monkeypatch.setattr(tiny_pipeline, "_generate", failing)
     out = InferCallable(tiny_pipeline)([FakeRequest(b"predict", clip, total=5, steps=2, seed=1),
                                         FakeRequest(b"predict", clip, total=5, steps=2, seed=13)])
     np.testing.assert_array_equal(out[0]["frames"][0], want[0].frames)
@@ -151,3 +151,17 @@ def test_serve_under_another_python_build_prints_the_fix(tiny_bundle, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "internal error" not in proc.stderr and "Fix (README, Serving): /usr/bin/python3 -m venv .venv-serve" in \
         proc.stderr, proc.stderr
+
+
+def test_the_callable_plans_each_request_once(tiny_pipeline, monkeypatch):
+    """The callable planned each request to refuse it alone, then generate planned them all a second time (twice the
+    work per batch, and every plan warning logged twice)."""
+    from vdt_runtime import Request
+    from vdt_runtime.serve import InferCallable
+
+    clip = np.random.default_rng(2).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    seeds, plan = [], Request.plan
+    monkeypatch.setattr(Request, "plan", lambda self, *a, **k: (seeds.append(self.seed), plan(self, *a, **k))[1])
+    out = InferCallable(tiny_pipeline)([FakeRequest(b"predict", clip, total=5, steps=2, seed=s) for s in (1, 2)])
+    assert all(o["error"][0, 0] == b"" and "frames" in o for o in out)
+    assert sorted(seeds) == [1, 2], seeds
