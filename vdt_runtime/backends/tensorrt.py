@@ -77,7 +77,7 @@ class TensorRTBackend(Backend):
         return tuple(p for p in cls.PRECISIONS if p in bundle.stage(stage).files)
 
     @classmethod
-    def resolve(cls, choice: str, o: TrtOptions, precisions) -> TrtOptions:
+    def resolve(cls, choice: str, o: TrtOptions) -> TrtOptions:
         return o if o.cache_dir is not None else dataclasses.replace(o, cache_dir=engines.default_cache_dir())
 
     def __init__(self, bundle: Bundle, stage: str, plan):
@@ -92,8 +92,9 @@ class TensorRTBackend(Backend):
         engines.cuda_check(cudart.cudaSetDevice(o.device_id), "cudaSetDevice")
         build = engines.build_spec(bundle, stage, precision, frame_buckets=o.frame_buckets,
                                    workspace_gb=o.workspace_gb)
-        fresh = engines.find_engine(cache_dir, build, device)[0] is None  # built now: self-tested below
-        self.plan_path = engines.ensure_engine(bundle, build, device, cache_dir, build=o.build)
+        cached = engines.find_engine(cache_dir, build, device)[0]  # checks (hashes) the plan: done once
+        fresh = cached is None  # built now: self-tested below
+        self.plan_path = cached or engines.ensure_engine(bundle, build, device, cache_dir, build=o.build)
         self.profiles = list(build.profiles)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._runtime.engine_host_code_allowed = True  # version-compatible engines carry their lean runtime
@@ -125,7 +126,8 @@ class TensorRTBackend(Backend):
         from vdt_runtime.selftest import load_golden, run_selftest
 
         try:
-            report = None if load_golden(bundle) is None else run_selftest(bundle, {self.stage: self})
+            golden = load_golden(bundle)
+            report = None if golden is None else run_selftest(bundle, {self.stage: self}, golden=golden)
             engines.record_selftest(self.plan_path, report)
         except BaseException:
             self.close()
