@@ -63,7 +63,7 @@ def make_cases(bundle: Bundle, vdt: VDT, vae: nn.Module, seed: int = 0) -> tuple
                 arrays.update({f"denoiser.{i}.{den.inputs[0].name}": latents, f"denoiser.{i}.{den.inputs[1].name}": step,
                                f"denoiser.{i}.{den.outputs[0].name}": out})
                 i += 1
-        size, f = bundle.image_size, bundle.vae["downsample"]
+        size = bundle.image_size
         block = max(1, size // 8)  # a blocky image in [-1, 1]: smooth enough to be image-like, any size
         coarse = rng.uniform(-1, 1, (1, 3, -(-size // block), -(-size // block)))
         image = _half(np.repeat(np.repeat(coarse, block, 2), block, 3)[:, :, :size, :size])

@@ -121,7 +121,7 @@ def _plan(bundle, backend, precision, options, can, chosen=None) -> Plan:
                          f"(files: {', '.join(f'{s}: {list(bundle.precisions(s))}' for s in missing)})")
     family = BACKENDS[backend]
     precisions = {s: precision if precision in ps else ps[0] for s, ps in can.items()}
-    checked = family.resolve(backend, check_options(backend, options, family), precisions)
+    checked = family.resolve(backend, check_options(backend, options, family))
     return Plan(backend, precisions, checked, family.provider_list(backend), chosen)
 
 

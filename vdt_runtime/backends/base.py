@@ -53,7 +53,7 @@ class Backend(ABC):
         return ()
 
     @classmethod
-    def resolve(cls, choice: str, options, precisions: Mapping[str, str]):
+    def resolve(cls, choice: str, options):
         """The options with every machine- or choice-dependent default decided (called once, by plan())."""
         return options
 

@@ -129,7 +129,7 @@ class OrtBackend(Backend):
         return tuple(p for p in PROVIDERS[choice] if p in offered or p == CPU)
 
     @classmethod
-    def resolve(cls, choice: str, o: OrtOptions, precisions) -> OrtOptions:
+    def resolve(cls, choice: str, o: OrtOptions) -> OrtOptions:
         if choice != "cpu" and o.device_id >= nvidia_gpus():
             raise BackendError(f"device_id {o.device_id} does not exist; the NVIDIA driver reports "
                                f"{nvidia_gpus()} GPU(s)")
