@@ -77,7 +77,6 @@ class Pipeline:
         self.chosen = chosen  # backend="auto": what it picked and why
         self._runner = Runner(bundle, backends)
         self.vae_slice = vae_slice
-        self._enc, self._den, self._dec = self._runner.enc, self._runner.den, self._runner.dec
 
     @classmethod
     def load(cls, path: str | os.PathLike | Bundle | None = None, *, backend: str = "auto", precision: str | None = None,

@@ -24,10 +24,9 @@ from vdt_runtime.timing import Timer
 class Runner:
     """Runs lists of Plans on one backend per stage (vae_encoder, denoiser, vae_decoder)."""
 
-    def __init__(self, bundle: Bundle, backends: dict[str, Backend], vae_slice: int | None = None):
+    def __init__(self, bundle: Bundle, backends: dict[str, Backend]):
         self.bundle = bundle
-        self.backends = backends
-        self.vae_slice = vae_slice  # frames per VAE call; None: DEFAULT_VAE_SLICE_PIXELS worth
+        self.vae_slice: int | None = None  # frames per VAE call (set by Pipeline); None: DEFAULT_VAE_SLICE_PIXELS worth
         self.enc, self.den, self.dec = backends["vae_encoder"], backends["denoiser"], backends["vae_decoder"]
 
     @property

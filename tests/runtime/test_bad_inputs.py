@@ -333,8 +333,8 @@ def _npz_named_npy(c) -> Path:
 def _cropping_decoder(c):
     """A pipeline whose decoder answers a pixel short of the manifest's size (as a mis-exported graph would)."""
     pipe = Pipeline.load(c.bundle, backend="cpu", options={"threads": 1})
-    run = pipe._dec.run
-    pipe._dec.run = lambda feed: {k: v[..., :-1, :-1] for k, v in run(feed).items()}
+    run = pipe.backends["vae_decoder"].run
+    pipe.backends["vae_decoder"].run = lambda feed: {k: v[..., :-1, :-1] for k, v in run(feed).items()}
     return pipe
 
 

@@ -62,8 +62,9 @@ def test_batches_are_stacked_up_to_the_batch_max_and_split_beyond(tiny_bundle, c
     pipe = Pipeline.load(tiny_bundle, backend="cpu", options={"threads": 1})
     pipe.bundle.stage("denoiser").dynamic_axes["batch"]["max"] = 2  # this pipeline's own Bundle object
     seen = []
-    run = pipe._den.run
-    monkeypatch.setattr(pipe._den, "run", lambda feed: (seen.append(feed["latents"].shape[0]), run(feed))[1])
+    den = pipe.backends["denoiser"]
+    run = den.run
+    monkeypatch.setattr(den, "run", lambda feed: (seen.append(feed["latents"].shape[0]), run(feed))[1])
     requests = [Request(task="predict", frames=clip[:2], total=4, steps=2, seed=s) for s in range(5)]
     requests.insert(2, Request(task="unconditional", total=3, steps=2, seed=9))  # another total: its own batch
     results = pipe.generate(requests)
@@ -91,8 +92,8 @@ def test_dynamic_int8_runs_item_by_item_and_keeps_the_contract(int8_bundle, clip
     feed = {"latents": np.random.default_rng(0).standard_normal((3, 4, 4, 8, 8)).astype(np.float32),
             "timestep": np.full(3, 500, np.float32)}
     feed["latents"][1] *= 4
-    together = pipe._den.run(feed)["model_out"]
-    single = pipe._den.run({k: v[:1] for k, v in feed.items()})["model_out"]
+    together = pipe.backends["denoiser"].run(feed)["model_out"]
+    single = pipe.backends["denoiser"].run({k: v[:1] for k, v in feed.items()})["model_out"]
     assert not np.array_equal(together[0], single[0]), "dynamic INT8 became batch-invariant: drop the per-item rule"
     requests = mixed_requests(clip, steps=2)
     batch = pipe.generate(requests)

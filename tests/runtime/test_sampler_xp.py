@@ -147,7 +147,7 @@ def test_pipeline_keeps_the_state_in_the_backends_namespace(precision, sampler):
     kw = dict(cond=4, total=8, steps=4, sampler=sampler, seed=11, **({"eta": 1.0} if sampler != "ddpm" else {}))
     with Pipeline.load(backend="cpu", precision=precision, options={"threads": 1}) as pipe:
         want = pipe.predict(frames, **kw).frames
-        den, run, seen = pipe._den, pipe._den.run, []
+        den, run, seen = pipe.backends["denoiser"], pipe.backends["denoiser"].run, []
 
         def strict_run(inputs):
             seen.append({type(v) for v in inputs.values()})

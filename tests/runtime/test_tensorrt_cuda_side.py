@@ -98,7 +98,7 @@ def test_sampler_state_on_the_gpu_gives_the_host_result(cuda, tmp_path):
     for device_state in (True, False):
         opts = {"cache_dir": str(tmp_path), "device_state": device_state}
         with Pipeline.load(DEFAULT, backend="tensorrt", precision="fp32", options=opts) as pipe:
-            assert (pipe._den.array_namespace() is cp) == device_state
+            assert (pipe.backends["denoiser"].array_namespace() is cp) == device_state
             for sampler in ("ddpm", "ddim", "dpmpp"):
                 outs[device_state, sampler] = pipe.predict(frames, cond=4, total=8, steps=10, sampler=sampler,
                                                            seed=3).frames
