@@ -37,9 +37,10 @@ from vdt_runtime.errors import BackendError, InputError, VDTError
 from vdt_runtime.limits import shorten
 from vdt_runtime.requests import Request
 from vdt_runtime.storage import Folder
+from vdt_runtime.video import WRITE_EXTS
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".png")  # clips: one file each
-OUTPUT_SUFFIXES = (".mp4", ".webm", ".gif", "")  # "": a folder of PNGs (local output folders only)
+OUTPUT_SUFFIXES = (*WRITE_EXTS, "")  # "": a folder of PNGs (local output folders only)
 RECORDS = ".vdt-batch"  # in the output folder: one <output name>.json per output vdt batch wrote
 RESULTS = "results.jsonl"
 _RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -128,7 +129,7 @@ class GenerateBatch:
         out = self.out or Folder(Path(output).parent)
         name = output.rstrip("/").rsplit("/", 1)[-1]
         record = _record(batch, i, self.fps)
-        state = output_state(out, name, record)  # the rule run_folder planned with, asserted at the last moment
+        state, _ = output_state(out, name, record)  # the rule run_folder planned with, asserted at the last moment
         if state == "foreign":
             raise InputError(f"{shorten(output)} exists and vdt batch did not write it; it is left alone")
         out.makedirs(RECORDS)
@@ -138,22 +139,24 @@ class GenerateBatch:
         return len(frames)
 
 
-def output_state(out: Folder, name: str, record: dict, entries: dict[str, bool] | None = None) -> str:
-    """What entry `name` of the output folder is to a job that would write it with `record`:
-    "free" (absent), "done" (written whole by vdt batch for this same clip, request, seed and fps: skip it),
-    "ours" (written or begun by vdt batch for other settings: replace it), or "foreign" (never replaced)."""
-    present = name in (out.entries() if entries is None else entries)
+def output_state(out: Folder, name: str, record: dict,
+                 entries: dict[str, bool] | None = None) -> tuple[str, dict | None]:
+    """What entry `name` of the output folder is to a job that would write it with `record`, and vdt batch's record
+    of it (None when there is none): "free" (absent), "done" (written whole by vdt batch for this same clip, request,
+    seed and fps: skip it), "ours" (written or begun by vdt batch for other settings: replace it), or "foreign"
+    (never replaced). `entries` (the folder's listing, when the caller has it) saves a lookup."""
+    present = out.has(name) if entries is None else name in entries
     if not present:
-        return "free"
+        return "free", None
     raw = out.read(_record_name(name))
     try:
         prior = json.loads(raw) if raw is not None else None
     except ValueError:
         prior = None
     if not isinstance(prior, dict):
-        return "foreign"
+        return "foreign", None
     same = {k: prior.get(k) for k in record} == record and prior.get("frames", 0) > 0
-    return "done" if same else "ours"
+    return ("done" if same else "ours"), prior
 
 
 def run_folder(input_dir, output_dir, *, bundle=None, backend: str = "auto", precision: str | None = None,
@@ -324,14 +327,14 @@ def _plan(out: Folder, rows: list[dict], fps: float) -> tuple[list[dict], list[d
     todo, done = [], []
     for row in rows:
         name = row["output"].rsplit("/", 1)[-1]
-        state = output_state(out, name, _record(row, None, fps), entries)
+        state, prior = output_state(out, name, _record(row, None, fps), entries)
         if state == "foreign":
             raise InputError(f"output folder {shorten(str(out))} already holds {shorten(name)}, which vdt batch did "
                              f"not write (no {RECORDS}/{name}.json); it is never replaced: move it, or give another "
                              "folder")
         if state == "done":
             done.append({"input": row["input"], "output": row["output"], "seed": row["seed"],
-                         "frames": json.loads(out.read(_record_name(name)))["frames"], "error": "", "node": "",
+                         "frames": prior["frames"], "error": "", "node": "",
                          "skipped": True})
         else:
             todo.append(row)
@@ -347,7 +350,7 @@ def _node_id() -> str:
 
 
 def _check_results_file(out: Folder, entries: dict[str, bool] | None) -> None:
-    if output_state(out, RESULTS, {"results": True}, entries) == "foreign":
+    if output_state(out, RESULTS, {"results": True}, entries)[0] == "foreign":
         raise InputError(f"output folder {shorten(str(out))} already holds {RESULTS}, which vdt batch did not write; "
                          "it is never replaced: move it, or give another folder")
 

@@ -62,6 +62,12 @@ class Folder:
             raise InputError(f"cannot list {shorten(str(self))}: {shorten(str(e))}") from None
         return {i.base_name: i.type == fs.FileType.Directory for i in infos}
 
+    def has(self, name: str) -> bool:
+        """Whether entry `name` exists (a file or a folder): one lookup, where entries() lists the whole folder."""
+        from pyarrow import fs
+
+        return self._info(self.join(name)).type != fs.FileType.NotFound
+
     def read(self, name: str) -> bytes | None:
         """Entry `name`'s bytes, or None if there is none."""
         from pyarrow import fs

@@ -47,6 +47,20 @@ def test_rows_give_the_single_process_frames(tiny_bundle, clips, tmp_path):
     assert not (tmp_path / "out" / "short").exists()
 
 
+
+def test_writing_a_row_looks_up_its_own_output_not_the_whole_folder(tiny_bundle, clips, tmp_path, monkeypatch):
+    """Each row listed the whole output folder before writing its output: N rows, N listings of up to N entries (on
+    S3, each listing is paged requests). The job's plan lists it once; a row looks up its own name."""
+    from vdt_runtime.storage import Folder
+
+    rows = clip_rows(clips, tmp_path / "out", suffix=".gif", seed=1, **REQUEST)[:3]
+    listings, entries = [], Folder.entries
+    monkeypatch.setattr(Folder, "entries", lambda self: (listings.append(str(self)), entries(self))[1])
+    out = GenerateBatch(tiny_bundle, backend="cpu", options={"threads": 1})({k: np.array([r[k] for r in rows])
+                                                                             for k in rows[0]})
+    assert list(out["error"]) == [""] * 3 and list(out["frames"]) == [5] * 3
+    assert listings == [], listings
+
 def test_long_and_wrong_size_clips(tiny_bundle, tmp_path):
     """A clip longer than the bundle's window is decoded only as far as a request can use (its first frames give
     the same video); one of another frame size is that row's error, refused from the header."""
