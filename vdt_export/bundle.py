@@ -262,6 +262,6 @@ def export_bundle(vdt: VDT, vae: nn.Module, out_dir: str | os.PathLike, *, name:
         if golden:
             from .golden import make_golden
 
-            manifest["golden"] = make_golden(staging, vdt, vae)
+            manifest["golden"] = make_golden(Bundle.load(staging), vdt, vae)  # its files: hashed just above
             write_manifest(staging, manifest)
     return out_dir

@@ -210,7 +210,8 @@ def _cmd_golden(args) -> int:
     from .bundle import read_manifest, set_golden
     from .golden import GOLDEN_FILE, make_golden
 
-    section = make_golden(args.bundle, *_bundle_models(args))
+    models = _bundle_models(args)
+    section = make_golden(Bundle.load(args.bundle, verify=True), *models)  # its files checked before anything is added
     set_golden(args.bundle, read_manifest(args.bundle), section, written={GOLDEN_FILE})  # golden.npz rewritten
     Bundle.load(args.bundle, verify=True)  # what was written loads, and its files match
     size = (args.bundle / GOLDEN_FILE).stat().st_size

@@ -154,13 +154,13 @@ def _machine() -> str:
     return name or platform.processor() or platform.machine()
 
 
-def make_golden(bundle_dir: str | os.PathLike, vdt: VDT, vae: nn.Module | None, *, seed: int = 0) -> dict:
-    """Verify the bundle's files, make its golden cases from `vdt` + `vae` (refused unless they reproduce the
-    bundle's fp32 ONNX), write golden.npz (atomically) and measure every CPU backend and precision here. Returns
-    the manifest's "golden" section; the caller records it (vdt_export.bundle writes the manifest)."""
+def make_golden(bundle: Bundle, vdt: VDT, vae: nn.Module | None, *, seed: int = 0) -> dict:
+    """Make the golden cases of a loaded bundle (the caller verifies files it did not just write and hash) from
+    `vdt` + `vae` (refused unless they reproduce the bundle's fp32 ONNX), write golden.npz (atomically) and measure
+    every CPU backend and precision here. Returns the manifest's "golden" section; the caller records it
+    (vdt_export.bundle writes the manifest)."""
     if vae is None:
         raise InputError("golden cases need the VAE too: give a checkpoint folder, or --vae / --vae-config")
-    bundle = Bundle.load(bundle_dir, verify=True)
     arrays, section = make_cases(bundle, vdt, vae, seed)
     check_reproduces(bundle, Golden(arrays, {**section, "tolerances": {}}))
     with atomic_path(bundle.path / GOLDEN_FILE) as tmp:
