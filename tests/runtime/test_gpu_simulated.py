@@ -135,9 +135,12 @@ def test_auto_with_tensorrt_offered_and_cuda_missing(box, tmp_path):
     assert "(Please install TensorRT libraries" in got["warnings"][0]  # onnxruntime's own words, one line
 
 
-def test_gpu_box_whose_onnxruntime_offers_only_the_cpu(box):
-    """A GPU machine with the CPU-only onnxruntime package: auto stays on the CPU, quietly; `cuda` is refused."""
-    b = box(gpus=1, offers=[CPU])
+@pytest.mark.parametrize("others", [[], ["AzureExecutionProvider"], ["DmlExecutionProvider"]])
+def test_gpu_box_whose_onnxruntime_offers_only_the_cpu(box, others):
+    """A GPU machine with the CPU-only onnxruntime package: auto stays on the CPU, quietly; `cuda` is refused. Other
+    providers than CUDA and TensorRT (the CPU wheel's Azure, DirectML) give auto no GPU choice either: it found
+    nothing at all when any provider but the CPU's made the box count as a GPU box."""
+    b = box(gpus=1, offers=[*others, CPU])
     got = b.result(LOAD + "pipe, warned = load()\n"
                           "print(json.dumps({**state(pipe, warned), 'cuda': refusal(backend='cuda')}))")
     assert got["backend"] == "cpu" and got["warnings"] == [] and got["chosen"].startswith("auto chose 'cpu' at fp32")

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from vdt_runtime.backends.base import Backend, check_options, nvidia_gpus
 from vdt_runtime.backends.openvino import OpenVINOBackend
-from vdt_runtime.backends.ort import CPU, OrtBackend, available_providers
+from vdt_runtime.backends.ort import OrtBackend, available_providers
 from vdt_runtime.backends.tensorrt import TensorRTBackend
 from vdt_runtime.bundle import STAGES, Bundle
 from vdt_runtime.errors import BackendError, InputError
@@ -33,7 +33,7 @@ CHOICES = ("auto", *BACKENDS)
 # (PSNR -0.014 ± 0.006 dB over the default eval's 64 clips, BENCHMARKS.md §7), so auto never picks bf16; int8
 # and fp16 are never lossless. On the CPU, onnxruntime's fused fp32 graph and OpenVINO fp32 are within noise of
 # each other (§7); onnxruntime comes first (it is always installed), OpenVINO when the options are OpenVINO's.
-# On a machine whose driver reports an NVIDIA GPU and whose onnxruntime offers a GPU provider, onnxruntime's CUDA
+# On a machine whose driver reports an NVIDIA GPU and whose onnxruntime offers CUDA or TensorRT, onnxruntime's CUDA
 # provider comes first: fp32 with TF32 off is the lossless GPU choice. onnxruntime's TensorRT provider builds
 # engines at load (minutes, cached) and is never chosen by auto unless CUDA is missing from this onnxruntime;
 # the native "tensorrt" backend needs an engine build and a named precision, so it is asked for by name.
@@ -144,8 +144,10 @@ def machine() -> str:
 
 
 def _auto_candidates() -> tuple[tuple[str, str], ...]:
-    gpu = nvidia_gpus() > 0 and bool(set(available_providers()) - {CPU})
-    return tuple((b, p) for b, p in (_AUTO_GPU if gpu else _AUTO_CPU) if available(b) is None)
+    """The GPU choices available here (a GPU choice's `available` asks for an NVIDIA GPU and its provider), else
+    the CPU ones."""
+    gpu = tuple(c for c in _AUTO_GPU if available(c[0]) is None)
+    return gpu or tuple(c for c in _AUTO_CPU if available(c[0]) is None)
 
 
 def _auto(bundle: Bundle, precision: str | None, options, stages) -> Plan:
